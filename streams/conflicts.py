@@ -1,0 +1,66 @@
+"""Conflict rule: may an incoming field value overwrite the target's current one?
+
+Pure. Each field keeps a clock on each side: the commit time of the change that set its
+current value (a local edit's own commit, or for a synced value its source's commit).
+A change is concurrent with the target when the target no longer holds the value the source
+had before (the before-image), or when the target's field was set after the source's commit.
+Concurrent changes are conflicts, resolved by policy; the same decision is taken on both sides
+from the same two clocks, so both converge to one value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from streams.model import Canonical, Side
+
+
+class Policy(StrEnum):
+    LATER_WINS = "later_wins"  # per field, the later commit wins (ties: OfiViaje)
+    ERP_WINS = "erp_wins"
+    CRM_WINS = "crm_wins"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    source: Side
+    before: Canonical
+    after: Canonical
+    commit_us: int
+    full: bool  # no before-image to compare with (create, opt-in, snapshot)
+
+
+@dataclass(frozen=True)
+class Current:
+    value: Canonical
+    clock_us: int | None  # None: no change of this field is on record
+
+
+@dataclass(frozen=True)
+class Decision:
+    apply: bool
+    conflict: bool
+
+
+SAME = Decision(apply=False, conflict=False)
+
+
+def decide(incoming: Incoming, current: Current, policy: Policy) -> Decision:
+    if current.value == incoming.after:
+        return SAME
+    clock = current.clock_us or 0
+    concurrent = clock > incoming.commit_us or (
+        not incoming.full and current.value != incoming.before
+    )
+    if not concurrent:
+        return Decision(apply=True, conflict=False)
+    if policy is Policy.ERP_WINS:
+        wins = incoming.source is Side.ERP
+    elif policy is Policy.CRM_WINS:
+        wins = incoming.source is Side.CRM
+    elif incoming.commit_us != clock:
+        wins = incoming.commit_us > clock
+    else:
+        wins = incoming.source is Side.ERP
+    return Decision(apply=wins, conflict=True)

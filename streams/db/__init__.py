@@ -1,0 +1,1 @@
+"""SQL scripts: application tables per side and the sync service's own objects."""

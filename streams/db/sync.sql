@@ -1,0 +1,131 @@
+-- The sync service's own objects, common to both databases. Idempotent.
+-- Everything lives in schema `ofisync` or in columns prefixed `ofisync_` on synced tables.
+
+CREATE SCHEMA IF NOT EXISTS ofisync;
+
+-- Written by Debezium's heartbeat action so a quiet database never retains WAL.
+CREATE TABLE IF NOT EXISTS ofisync.heartbeat (
+    id int PRIMARY KEY,
+    beat_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Exactly-once effect: the newest source position applied per source record, written in
+-- the same transaction as the change it guards. A redelivered change at or below it is a no-op.
+CREATE TABLE IF NOT EXISTS ofisync.applied (
+    source text NOT NULL,          -- 'erp' or 'crm': where the change was captured
+    entity text NOT NULL,          -- source table
+    source_key text NOT NULL,      -- source primary key
+    lsn bigint NOT NULL,
+    commit_us bigint NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (source, entity, source_key)
+);
+
+-- Per-field logical clocks of synced rows: which change set each field's current value.
+-- {"field": "x:<xid>"} for a local write (its commit time is read with
+-- pg_xact_commit_timestamp), {"field": "t:<µs>"} for a value applied by the sync, stamped
+-- with the source commit time. Conflicts between both sides are decided on these.
+CREATE TABLE IF NOT EXISTS ofisync.field_clock (
+    tbl text NOT NULL,
+    pk text NOT NULL,
+    clocks jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (tbl, pk)
+);
+
+-- Conflicts found and how they were resolved.
+CREATE TABLE IF NOT EXISTS ofisync.conflicts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    detected_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    entity text NOT NULL,
+    target_key text NOT NULL,
+    field text NOT NULL,
+    incoming_source text NOT NULL,
+    incoming_value text,
+    incoming_commit_us bigint NOT NULL,
+    local_value text,
+    local_commit_us bigint,
+    policy text NOT NULL,
+    winner text NOT NULL            -- 'incoming' or 'local'
+);
+
+-- Attempts to change a field that the other side owns.
+CREATE TABLE IF NOT EXISTS ofisync.lock_violations (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    detected_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    entity text NOT NULL,
+    record_key text NOT NULL,
+    field text NOT NULL,
+    attempted_value text,
+    restored_value text,
+    attempted_by text
+);
+
+-- On every write to a synced table: copy the writer's origin into the row, so decode can drop
+-- the sync's own writes exactly (no echoes); and for local writes, stamp the changed fields'
+-- clocks with this transaction's id. The sink sets `ofisync.origin` with SET LOCAL.
+CREATE OR REPLACE FUNCTION ofisync.on_write() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    writer text := nullif(current_setting('ofisync.origin', true), '');
+    changed jsonb;
+    new_row jsonb;
+BEGIN
+    NEW.ofisync_origin := writer;
+    IF writer IS NULL AND TG_OP = 'UPDATE' THEN
+        new_row := to_jsonb(NEW);
+        SELECT jsonb_object_agg(n.key, 'x:' || (txid_current() % 4294967296)::text)
+          INTO changed
+          FROM jsonb_each(new_row) n
+         WHERE n.value IS DISTINCT FROM (to_jsonb(OLD) -> n.key)
+           AND n.key NOT LIKE 'ofisync\_%';
+        IF changed IS NOT NULL THEN
+            INSERT INTO ofisync.field_clock AS fc (tbl, pk, clocks)
+            VALUES (TG_TABLE_NAME, new_row ->> TG_ARGV[0], changed)
+            ON CONFLICT (tbl, pk) DO UPDATE SET clocks = fc.clocks || excluded.clocks;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Adds the sync columns and the write trigger to one synced table.
+CREATE OR REPLACE FUNCTION ofisync.track(p_table regclass, p_pk text DEFAULT 'id')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_origin text', p_table);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_deleted_at timestamptz',
+                   p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS ofisync_on_write ON %s', p_table);
+    EXECUTE format('CREATE TRIGGER ofisync_on_write BEFORE INSERT OR UPDATE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION ofisync.on_write(%L)', p_table, p_pk);
+END
+$$;
+
+-- Creates or updates a publication to exactly the given table list (idempotent, safe while
+-- a replication slot streams from it).
+CREATE OR REPLACE FUNCTION ofisync.publish(p_name text, p_tables text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = p_name) THEN
+        EXECUTE format('ALTER PUBLICATION %I SET TABLE %s', p_name, p_tables);
+    ELSE
+        EXECUTE format('CREATE PUBLICATION %I FOR TABLE %s', p_name, p_tables);
+    END IF;
+END
+$$;
+
+-- A clock entry ("x:<xid>" or "t:<µs>") as µs since the epoch.
+CREATE OR REPLACE FUNCTION ofisync.clock_us(c text) RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN c LIKE 't:%' THEN substr(c, 3)::bigint
+        WHEN c LIKE 'x:%' THEN
+            (extract(epoch FROM pg_xact_commit_timestamp(substr(c, 3)::xid)) * 1000000)::bigint
+    END
+$$;
+
+-- All field clocks of one row, resolved to µs.
+CREATE OR REPLACE FUNCTION ofisync.row_clocks(p_tbl text, p_pk text)
+RETURNS TABLE (field text, commit_us bigint) LANGUAGE sql STABLE AS $$
+    SELECT e.key, ofisync.clock_us(e.value)
+    FROM ofisync.field_clock fc, jsonb_each_text(fc.clocks) e
+    WHERE fc.tbl = p_tbl AND fc.pk = p_pk
+$$;

@@ -1,0 +1,63 @@
+"""The worker's figures, as Prometheus metrics (served at /metrics) — one registry per process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry()
+
+CHANGES = Counter(
+    "ofisync_changes_total",
+    "Captured changes read, by source and outcome",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+ECHOES = Counter(
+    "ofisync_echoes_suppressed_total",
+    "Changes written by the sync itself, dropped",
+    ["source"],
+    registry=REGISTRY,
+)
+APPLIED = Counter(
+    "ofisync_applied_total",
+    "Commands applied to the target",
+    ["target", "entity"],
+    registry=REGISTRY,
+)
+DUPLICATES = Counter(
+    "ofisync_duplicates_skipped_total",
+    "Redelivered commands skipped by the applied position",
+    ["target"],
+    registry=REGISTRY,
+)
+NOOPS = Counter(
+    "ofisync_noops_total",
+    "Commands whose values the target already held",
+    ["target"],
+    registry=REGISTRY,
+)
+CONFLICTS = Counter(
+    "ofisync_conflicts_total",
+    "Fields changed on both sides, resolved by policy",
+    ["target"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "ofisync_dead_letters_total",
+    "Messages sent to the dead-letter topic",
+    ["stage"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "ofisync_transient_retries_total",
+    "Batches retried because a database was unreachable",
+    ["target"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "ofisync_end_to_end_seconds",
+    "Source commit → target commit",
+    ["direction"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)

@@ -1,0 +1,220 @@
+"""`ofisync up`, `down` and `status`: the local stack as one thing.
+
+Order up: install → PostgreSQL ×2 (schema, demo data) → Kafka → Connect + connectors → worker.
+Down is the reverse. Every step is skipped when already done, so a second `up` is a no-op,
+and `up` also restarts whatever died since.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from streams.settings import Endpoint, Settings
+from streams.stack import install
+from streams.stack.connect import Worker as ConnectWorker
+from streams.stack.connect import wait_streaming
+from streams.stack.kafka import Broker
+from streams.stack.postgres import Cluster
+from streams.stack.procs import StackError, port_open
+from streams.stack.worker import WorkerProcess
+from streams.topics import ensure_topics
+
+
+class Progress(Protocol):
+    def step(self, title: str) -> Any: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class PlainProgress:
+    """Progress as plain lines: one per step, with its duration."""
+
+    def __init__(self, echo: Callable[[str], None] = print) -> None:
+        self.echo = echo
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.echo(f"… {title}")
+        try:
+            yield
+        except BaseException:
+            self.echo(f"✗ {title}")
+            raise
+        self.echo(f"✓ {title} ({time.monotonic() - started:.1f} s)")
+
+    def note(self, text: str) -> None:
+        self.echo(f"  {text}")
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    erp: Cluster = field(init=False)
+    crm: Cluster = field(init=False)
+    kafka: Broker = field(init=False)
+    connect: ConnectWorker = field(init=False)
+    worker: WorkerProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.erp = Cluster(s, s.erp)
+        self.crm = Cluster(s, s.crm)
+        self.kafka = Broker(s)
+        self.connect = ConnectWorker(s)
+        self.worker = WorkerProcess(s)
+
+    def ports(self) -> list[tuple[str, Endpoint, Callable[[], int | None]]]:
+        s = self.settings
+        return [
+            ("OfiViaje PostgreSQL", s.erp.endpoint, self.erp.pid),
+            ("OfiCrmTravel PostgreSQL", s.crm.endpoint, self.crm.pid),
+            ("Kafka", s.kafka, self.kafka.pid),
+            ("Kafka controller", s.kafka_controller, self.kafka.pid),
+            ("Kafka Connect", s.connect, self.connect.pid),
+            ("worker web", s.web, self.worker.pid),
+        ]
+
+    def check_ports(self) -> None:
+        """Fails before anything starts if a port we need is held by another program."""
+        for what, ep, pid in self.ports():
+            if pid() is None and port_open(ep.host, ep.port):
+                raise StackError(
+                    f"port {ep} ({what}) is already in use by another program. "
+                    f"Stop that program, or move {what} elsewhere with "
+                    f"{ep.variable}=<host:port>."
+                )
+
+    def up(self, demo: bool, progress: Progress, with_worker: bool = True) -> None:
+        s = self.settings
+        for d in (s.home, s.logs, s.run):
+            d.mkdir(parents=True, exist_ok=True)
+        self.check_ports()
+        started: list[Callable[[], bool]] = []
+        try:
+            with progress.step("install PostgreSQL (Debian) if missing"):
+                install.ensure_postgres()
+            with progress.step("fetch Kafka 4.3.1 + Debezium 3.6.1.Final jars if missing"):
+                install.ensure_jars(s)
+            for cluster in (self.erp, self.crm):
+                with progress.step(f"{cluster.db.title} PostgreSQL on {cluster.db.endpoint}"):
+                    was_running = cluster.pid() is not None
+                    cluster.init()
+                    cluster.start()
+                    if not was_running:
+                        started.append(cluster.stop)
+                    cluster.ensure_database()
+            if demo:
+                with progress.step("demo data"):
+                    progress.note(self.load_demo())
+            with progress.step(f"Kafka (KRaft) on {s.kafka}"):
+                if self.kafka.pid() is None:
+                    self.kafka.start()
+                    started.append(self.kafka.stop)
+            with progress.step(f"Kafka Connect on {s.connect}"):
+                if self.connect.pid() is None:
+                    self.connect.start()
+                    started.append(self.connect.stop)
+            with progress.step("topics"):
+                ensure_topics(s)
+            for cluster in (self.erp, self.crm):
+                side = cluster.db.side
+                with progress.step(f"connector {s.connector_name(side)}: snapshot, then streaming"):
+                    if not self.connect.connector_running(side):
+                        self.connect.register(side)
+                        if self._has_failed(side):
+                            self.connect.restart_failed(side)
+                    wait_streaming(s, self.connect, cluster.db)
+            if with_worker:
+                with progress.step(f"ofisync worker, web on {s.web}"):
+                    if self.worker.pid() is None:
+                        self.worker.start()
+                        started.append(self.worker.stop)
+        except BaseException:
+            for stop in reversed(started):
+                try:
+                    stop()
+                except StackError as exc:
+                    progress.note(f"while cleaning up: {exc}")
+            raise
+
+    def _has_failed(self, side: str) -> bool:
+        st = self.connect.connector_status(side)
+        return st["state"] == "FAILED" or any(t["state"] == "FAILED" for t in st["tasks"])
+
+    def load_demo(self) -> str:
+        from streams.demo import load_demo
+
+        with (
+            psycopg.connect(self.settings.erp.dsn) as erp,
+            psycopg.connect(self.settings.crm.dsn) as crm,
+        ):
+            summary = load_demo(erp, crm)
+        return str(summary)
+
+    def down(self, progress: Progress) -> None:
+        for title, stop in (
+            ("worker", self.worker.stop),
+            ("Kafka Connect", self.connect.stop),
+            ("Kafka", self.kafka.stop),
+            ("OfiCrmTravel PostgreSQL", self.crm.stop),
+            ("OfiViaje PostgreSQL", self.erp.stop),
+        ):
+            with progress.step(f"stop {title}"):
+                if not stop():
+                    progress.note("was not running")
+
+    def status(self) -> dict[str, Any]:
+        s = self.settings
+        components: list[dict[str, Any]] = []
+
+        def add(name: str, pid: int | None, endpoint: str, healthy: bool, **extra: Any) -> None:
+            components.append(
+                {"name": name, "pid": pid, "endpoint": endpoint, "healthy": healthy} | extra
+            )
+
+        for cluster in (self.erp, self.crm):
+            pid = cluster.pid()
+            add(
+                cluster.name,
+                pid,
+                str(cluster.db.endpoint),
+                pid is not None and cluster.accepts_connections(),
+                database=cluster.db.safe_dsn,
+            )
+        add("kafka", self.kafka.pid(), str(s.kafka), self.kafka.healthy())
+        connect_up = self.connect.healthy()
+        add("connect", self.connect.pid(), s.connect_url, connect_up)
+        connectors = []
+        for db in s.databases:
+            st = (
+                self.connect.connector_status(db.side)
+                if connect_up
+                else {
+                    "name": s.connector_name(db.side),
+                    "state": "UNKNOWN",
+                    "tasks": [],
+                }
+            )
+            st["healthy"] = (
+                st["state"] == "RUNNING"
+                and bool(st["tasks"])
+                and all(t["state"] == "RUNNING" for t in st["tasks"])
+            )
+            connectors.append(st)
+        health = self.worker.health()
+        add(
+            "worker",
+            self.worker.pid(),
+            s.web_url,
+            self.worker.pid() is not None and bool(health) and health.get("state") == "running",
+            state=(health or {}).get("state", "down"),
+        )
+        healthy = all(c["healthy"] for c in components) and all(c["healthy"] for c in connectors)
+        return {"healthy": healthy, "components": components, "connectors": connectors}

@@ -1,0 +1,200 @@
+"""The two PostgreSQL clusters of the local stack (OfiViaje and OfiCrmTravel).
+
+Each lives in OFISYNC_HOME/pg/<side>, runs as the `postgres` OS user with `wal_level=logical`,
+listens on 127.0.0.1 only, and holds its application tables (streams/db/<side>.sql) plus the
+sync service's own objects (streams/db/sync.sql, streams/db/sync_<side>.sql).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from streams.settings import Database, Settings
+from streams.stack.install import ensure_postgres
+from streams.stack.procs import StackError, port_open, read_pid, run, wait_until
+
+PG_USER = "postgres"
+
+SERVER_SETTINGS = {
+    "listen_addresses": "127.0.0.1",
+    "wal_level": "logical",
+    "max_wal_senders": "16",
+    "max_replication_slots": "16",
+    # The conflict rule compares exact commit times of the changes that set each field.
+    "track_commit_timestamp": "on",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "wal_sender_timeout": "60s",
+    "logging_collector": "off",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+    "log_min_messages": "warning",
+    "log_min_error_statement": "error",
+}
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", PG_USER, "--", *argv]
+    return argv
+
+
+def _chown_postgres(path: Path) -> None:
+    entry = pwd.getpwnam(PG_USER)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _let_postgres_traverse(path: Path) -> None:
+    """The postgres user must reach its data directory through our home; grant o+x where missing."""
+    for parent in reversed(path.parents):
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(parent, mode | stat.S_IXOTH)
+
+
+class Cluster:
+    """One PostgreSQL cluster, addressed by its side ("erp" or "crm")."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.data = settings.pg_data(db.side)
+        self.socket_dir = settings.run / f"pg-{db.side}"
+        self.log = settings.logs / f"postgres-{db.side}.log"
+        self.name = f"postgres-{db.side}"
+
+    @property
+    def bin(self) -> Path:
+        found = ensure_postgres()
+        return found
+
+    def pid(self) -> int | None:
+        return read_pid(self.data / "postmaster.pid")
+
+    def initialised(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        if self.initialised():
+            return
+        for d in (self.data, self.socket_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                _chown_postgres(d)
+                _let_postgres_traverse(d)
+        self.data.chmod(0o700)
+        run(
+            _as_postgres(
+                [
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    PG_USER,
+                    "-A",
+                    "trust",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            f"initdb for {self.db.title} in {self.data}",
+        )
+        conf = self.data / "postgresql.conf"
+        with conf.open("a") as f:
+            f.write("\ninclude_if_exists = 'ofisync.conf'\n")
+
+    def write_config(self) -> None:
+        settings = dict(SERVER_SETTINGS)
+        settings["port"] = str(self.db.endpoint.port)
+        settings["unix_socket_directories"] = f"'{self.socket_dir}'"
+        lines = [f"{k} = {v if v.startswith(chr(39)) else repr(v)}" for k, v in settings.items()]
+        target = self.data / "ofisync.conf"
+        target.write_text(
+            "# written by `ofisync up`; edits are overwritten\n" + "\n".join(lines) + "\n"
+        )
+        if os.geteuid() == 0:
+            _chown_postgres(target)
+
+    def start(self) -> None:
+        if self.pid():
+            return
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            _chown_postgres(self.socket_dir)
+            self.log.touch()
+            _chown_postgres(self.log)
+        self.write_config()
+        run(
+            _as_postgres(
+                [
+                    str(self.bin / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            f"starting {self.db.title} PostgreSQL on {self.db.endpoint} (log: {self.log})",
+        )
+        wait_until(self.accepts_connections, 60, f"{self.db.title} PostgreSQL")
+
+    def stop(self) -> bool:
+        if not self.pid():
+            return False
+        run(
+            _as_postgres(
+                [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+            ),
+            f"stopping {self.db.title} PostgreSQL",
+        )
+        return True
+
+    def accepts_connections(self) -> bool:
+        ep = self.db.endpoint
+        if not port_open(ep.host, ep.port):
+            return False
+        try:
+            with psycopg.connect(self.db.dsn_for("postgres"), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def ensure_database(self) -> None:
+        with psycopg.connect(self.db.dsn_for("postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.db.dbname,)
+            ).fetchone()
+            if not exists:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
+                        sql.Identifier(self.db.dbname)
+                    )
+                )
+        with psycopg.connect(self.db.dsn, autocommit=True) as conn:
+            for script in (f"{self.db.side}.sql", "sync.sql", f"sync_{self.db.side}.sql"):
+                try:
+                    conn.execute(ddl(script))
+                except psycopg.Error as exc:
+                    raise StackError(
+                        f"applying streams/db/{script} to {self.db.title} failed: {exc}"
+                    ) from exc
+            conn.execute(
+                "SELECT ofisync.publish(%s, ofisync.published_tables())",
+                (self.settings.slot_name(self.db.side),),
+            )
+
+
+def ddl(name: str) -> bytes:
+    return resources.files("streams.db").joinpath(name).read_bytes()

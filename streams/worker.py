@@ -1,0 +1,242 @@
+"""The ofisync worker: the Faust app whose agents are thin adapters around the flow.
+
+capture agent: captured changes (both databases) → `pipeline.route` → commands on
+`<tenant>.to-erp` / `<tenant>.to-crm`, bad input to `<tenant>.dlq`.
+apply agents: commands → `Sink.apply` on the target database.
+
+Faust acks a `take_events` batch when the body moves on, even after an exception, so the
+bodies never raise: unreachable databases are retried in place (offsets stay uncommitted and
+lag grows), anything else becomes a dead letter. Faust flushes the producer before it commits
+offsets, so a command is durable before the change it came from is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from prometheus_client import generate_latest
+
+from streams import codec, metrics
+from streams.conflicts import Policy
+from streams.decode import DecodeError, Ignored
+from streams.model import Command, Side
+from streams.pipeline import Echo, route
+from streams.rules import Invalid, Skip
+from streams.settings import Settings
+from streams.sink import BatchResult, Sink, TransientError
+from streams.topics import Topics, ensure_topics
+
+log = logging.getLogger("ofisync.worker")
+
+CAPTURE_BATCH = 2000
+APPLY_BATCH = 500
+BATCH_WINDOW_S = 0.01
+MAX_BACKOFF_S = 15.0
+
+
+def _raw_topic(app: faust.App, *names: str) -> Any:
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+class DeadLetters:
+    """Sends what cannot be processed to the dead-letter topic, with the reason and the bytes."""
+
+    def __init__(self, topic: Any) -> None:
+        self.topic = topic
+
+    async def send(self, stage: str, reason: str, message: Any) -> None:
+        metrics.DEAD_LETTERS.labels(stage).inc()
+        log.warning(
+            "dead letter (%s) from %s[%s]@%s: %s",
+            stage,
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+        )
+        headers = {
+            "ofisync-stage": stage.encode(),
+            "ofisync-reason": reason.encode()[:4000],
+            "ofisync-topic": message.topic.encode(),
+            "ofisync-partition": str(message.partition).encode(),
+            "ofisync-offset": str(message.offset).encode(),
+            "ofisync-failed-at": str(int(time.time() * 1000)).encode(),
+        }
+        await self.topic.send(key=message.key, value=message.value, headers=headers)
+
+
+def build_app(settings: Settings) -> faust.App:
+    topics = Topics(settings.tenant)
+    policy = Policy(os.environ.get("OFISYNC_CONFLICT_POLICY", Policy.LATER_WINS.value))
+    app = faust.App(
+        settings.worker_group,
+        broker=f"kafka://{settings.kafka}",
+        web_host=settings.web.host,
+        web_port=settings.web.port,
+        web_bind=settings.web.host,
+        datadir=str(settings.home / "worker"),
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=0.5,
+        producer_linger=0.002,
+        stream_wait_empty=False,
+    )
+    state = {"state": "starting"}
+    dead = DeadLetters(_raw_topic(app, topics.dead_letters))
+    command_topics = {side: _raw_topic(app, topics.commands(side)) for side in Side}
+    sinks = {
+        Side.ERP: Sink(Side.ERP, settings.erp.dsn, settings.crm.dsn, policy),
+        Side.CRM: Sink(Side.CRM, settings.crm.dsn, settings.erp.dsn, policy),
+    }
+
+    @app.agent(_raw_topic(app, *topics.captured_entities()))
+    async def capture(stream: Any) -> None:
+        async for events in stream.take_events(CAPTURE_BATCH, BATCH_WINDOW_S):
+            for event in events:
+                await _capture_one(event.message)
+
+    async def _capture_one(message: Any) -> None:
+        try:
+            outcome = route(message.topic, message.key, message.value, settings.tenant)
+        except Exception as exc:  # a bug must not stop the line: park the input
+            log.exception("capture failed on %s@%s", message.topic, message.offset)
+            await dead.send("capture", f"internal error: {exc!r}", message)
+            return
+        source = message.topic.split(".")[1] if "." in message.topic else "?"
+        if isinstance(outcome, Command):
+            metrics.CHANGES.labels(source, "command").inc()
+            await command_topics[outcome.target].send(
+                key=outcome.kafka_key, value=codec.encode(outcome)
+            )
+        elif isinstance(outcome, Echo):
+            metrics.CHANGES.labels(source, "echo").inc()
+            metrics.ECHOES.labels(source).inc()
+        elif isinstance(outcome, Skip | Ignored):
+            metrics.CHANGES.labels(source, "skipped").inc()
+        elif isinstance(outcome, DecodeError | Invalid):
+            metrics.CHANGES.labels(source, "dead").inc()
+            await dead.send(
+                "decode" if isinstance(outcome, DecodeError) else "rules", outcome.reason, message
+            )
+
+    def apply_agent(target: Side) -> None:
+        sink = sinks[target]
+
+        async def apply(stream: Any) -> None:
+            async for events in stream.take_events(APPLY_BATCH, BATCH_WINDOW_S):
+                await _apply_batch(sink, [e.message for e in events])
+
+        apply.__name__ = f"apply_to_{target.value}"
+        app.agent(command_topics[target], name=f"apply_to_{target.value}")(apply)
+
+    async def _apply_batch(sink: Sink, messages: Sequence[Any]) -> None:
+        commands: list[tuple[Command, Any]] = []
+        for message in messages:
+            try:
+                commands.append((codec.decode(message.value), message))
+            except (codec.CodecError, ValueError, KeyError, TypeError, EOFError) as exc:
+                await dead.send("command", f"undecodable command: {exc}", message)
+        if not commands:
+            return
+        result = await _apply_with_retry(sink, commands)
+        _count(sink.target, result)
+        by_cmd = {id(c): m for c, m in commands}
+        for cmd, reason in result.dead:
+            await dead.send("apply", reason, by_cmd[id(cmd)])
+
+    async def _apply_with_retry(sink: Sink, commands: list[tuple[Command, Any]]) -> BatchResult:
+        backoff = 0.2
+        batch = [c for c, _ in commands]
+        while True:
+            try:
+                return await sink.apply(batch)
+            except TransientError as exc:
+                metrics.RETRIES.labels(sink.target.value).inc()
+                log.warning(
+                    "%s database unreachable (%s); retrying in %.1f s",
+                    sink.target.value,
+                    exc,
+                    backoff,
+                )
+            except Exception:
+                log.exception("apply to %s failed; retrying one by one", sink.target.value)
+                return await _apply_one_by_one(sink, batch)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _apply_one_by_one(sink: Sink, batch: list[Command]) -> BatchResult:
+        total = BatchResult()
+        for cmd in batch:
+            backoff = 0.2
+            while True:
+                try:
+                    one = await sink.apply([cmd])
+                    break
+                except TransientError:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                except Exception as exc:
+                    one = BatchResult(dead=[(cmd, f"internal error: {exc!r}")])
+                    break
+            total.applied += one.applied
+            total.dead += one.dead
+            total.duplicates += one.duplicates
+            total.noops += one.noops
+            total.conflicts += one.conflicts
+        return total
+
+    def _count(target: Side, result: BatchResult) -> None:
+        now_us = time.time() * 1_000_000
+        direction = f"{target.other.value}_to_{target.value}"
+        for cmd in result.applied:
+            metrics.APPLIED.labels(target.value, cmd.entity).inc()
+            metrics.LATENCY.labels(direction).observe(max(0.0, (now_us - cmd.commit_us) / 1e6))
+        metrics.DUPLICATES.labels(target.value).inc(result.duplicates)
+        metrics.NOOPS.labels(target.value).inc(result.noops)
+        metrics.CONFLICTS.labels(target.value).inc(result.conflicts)
+
+    for side in Side:
+        apply_agent(side)
+
+    @app.task
+    async def started() -> None:
+        state["state"] = "running"
+        log.info(
+            "ofisync worker running (tenant %s, conflict policy %s)", settings.tenant, policy.value
+        )
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return web.json(state)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(
+            generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4"
+        )
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            ensure_topics(settings)
+            break
+        except Exception as exc:  # Kafka not up yet: wait for it rather than fail
+            if time.monotonic() > deadline:
+                raise
+            log.warning("waiting for Kafka at %s: %s", settings.kafka, exc)
+            time.sleep(2)
+    app = build_app(settings)
+    faust.Worker(app, loglevel="INFO").execute_from_commandline()
