@@ -14,6 +14,21 @@ from streams.settings import Settings
 
 PARTITIONS = 4
 
+# Every table each connector publishes (streams/db/sync_<side>.sql): their topics are created
+# up front with the same partition count, rather than on a table's first change.
+CAPTURED_TABLES = {
+    Side.ERP: (
+        "clientes",
+        "expedientes",
+        "billetes",
+        "sucursales",
+        "vendedores",
+        "config_crm",
+        "documentos",
+    ),
+    Side.CRM: ("accounts", "files", "segments", "agencies", "users", "documents"),
+}
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -34,7 +49,7 @@ class Topics:
 
     def all(self) -> list[str]:
         return [
-            *self.captured_entities(),
+            *(self.capture(side, t) for side, tables in CAPTURED_TABLES.items() for t in tables),
             self.commands(Side.ERP),
             self.commands(Side.CRM),
             self.dead_letters,

@@ -89,6 +89,9 @@ def build_app(settings: Settings) -> faust.App:
         broker_commit_interval=0.5,
         producer_linger=0.002,
         stream_wait_empty=False,
+        # A killed worker must not hold its partitions for long.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     state = {"state": "starting"}
     dead = DeadLetters(_raw_topic(app, topics.dead_letters))

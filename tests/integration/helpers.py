@@ -1,0 +1,100 @@
+"""Helpers for tests on the real stack: waiting on conditions with deadlines, SQL, Kafka."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from kafka import KafkaConsumer, TopicPartition
+
+from streams.settings import Settings
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
+    """Polls until `probe` returns something truthy; fails naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not true within {timeout} s (last: {last!r})")
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def one(dsn: str, sql: str, params: Any = None) -> Any:
+    rows = query(dsn, sql, params)
+    return rows[0][0] if rows and len(rows[0]) == 1 else (rows[0] if rows else None)
+
+
+def ofisync(
+    *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"ofisync {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+class TopicTail:
+    """Reads what arrives on topics after the moment it is created."""
+
+    def __init__(self, settings: Settings, *topics: str) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=str(settings.kafka), enable_auto_commit=False, consumer_timeout_ms=200
+        )
+        parts = []
+        for t in topics:
+            ids = eventually(
+                lambda t=t: self.consumer.partitions_for_topic(t), 30, f"topic {t} exists"
+            )
+            parts += [TopicPartition(t, p) for p in ids]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_end()
+        for p in parts:
+            self.consumer.position(p)
+
+    def poll(self) -> list[Any]:
+        out = []
+        for records in self.consumer.poll(timeout_ms=300).values():
+            out.extend(records)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=str(settings.kafka))
+    try:
+        parts = [
+            TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())
+        ]
+        return dict(consumer.end_offsets(parts))
+    finally:
+        consumer.close()

@@ -1,0 +1,401 @@
+"""Clients in sync both ways, on the real stack: opt-in and the unique id, exact values,
+no echoes, conflicts that converge, dead letters, deletes, a killed worker, a full replay."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psycopg
+from kafka import KafkaAdminClient
+from kafka.admin import OffsetSpec
+
+from streams.model import CLIENT, Side
+from streams.stack.orchestrate import Stack
+from streams.topics import Topics
+from tests.integration.helpers import (
+    TopicTail,
+    end_offsets,
+    eventually,
+    ofisync,
+    one,
+    query,
+    tag,
+)
+
+SYNC_WINDOW = 10.0  # generous deadline for "within 2 s at light load" on a loaded CI box
+
+ERP_COLUMNS = [f.erp for f in CLIENT.fields]
+CRM_COLUMNS = [f.crm for f in CLIENT.fields]
+
+
+def new_erp_client(erp: str, name: str, sync: bool = True, **extra: Any) -> int:
+    cols = {"nombre": name, "sincronizar_crm": sync, **extra}
+    names = ", ".join(cols)
+    marks = ", ".join(["%s"] * len(cols))
+    return int(
+        one(
+            erp,
+            f"INSERT INTO clientes ({names}) VALUES ({marks}) RETURNING id",
+            list(cols.values()),
+        )
+    )
+
+
+def crm_id_of(erp: str, client_id: int) -> int:
+    return int(
+        eventually(
+            lambda: one(erp, "SELECT crm_id FROM clientes WHERE id = %s", (client_id,)),
+            SYNC_WINDOW,
+            f"crm_id of client {client_id}",
+        )
+    )
+
+
+def erp_row(erp: str, client_id: int) -> tuple[Any, ...]:
+    return tuple(
+        query(erp, f"SELECT {', '.join(ERP_COLUMNS)} FROM clientes WHERE id = %s", (client_id,))[0]
+    )
+
+
+def crm_row(crm: str, account_id: int) -> tuple[Any, ...]:
+    return tuple(
+        query(crm, f"SELECT {', '.join(CRM_COLUMNS)} FROM accounts WHERE id = %s", (account_id,))[0]
+    )
+
+
+def in_sync(erp: str, crm: str, client_id: int, account_id: int) -> bool:
+    return erp_row(erp, client_id) == crm_row(crm, account_id)
+
+
+def test_a_checked_client_goes_up_and_gets_its_unique_id(erp: str, crm: str) -> None:
+    name = f"Viajes Peña {tag()}"
+    client = new_erp_client(
+        erp, name, nif="12345678Z", poblacion="Logroño", telefono="+34 941 000 000"
+    )
+    account = crm_id_of(erp, client)
+    assert one(crm, "SELECT erp_id FROM accounts WHERE id = %s", (account,)) == client
+    assert in_sync(erp, crm, client, account)
+
+
+def test_an_unchecked_client_stays_until_checked_and_unchecking_deletes_nothing(
+    erp: str, crm: str
+) -> None:
+    name = f"Local {tag()}"
+    client = new_erp_client(erp, name, sync=False)
+    query(erp, "UPDATE clientes SET sincronizar_crm = true WHERE id = %s", (client,))
+    account = crm_id_of(erp, client)
+    assert one(crm, "SELECT count(*) FROM accounts WHERE name = %s", (name,)) == 1
+
+    query(erp, "UPDATE clientes SET sincronizar_crm = false WHERE id = %s", (client,))
+    query(erp, "UPDATE clientes SET email = 'private@example.es' WHERE id = %s", (client,))
+    # A later, synced client proves the pipeline has moved past the unchecked edits.
+    witness = new_erp_client(erp, f"witness {tag()}")
+    crm_id_of(erp, witness)
+    assert one(crm, "SELECT email FROM accounts WHERE id = %s", (account,)) is None
+    assert one(crm, "SELECT count(*) FROM accounts WHERE id = %s", (account,)) == 1
+
+
+def test_never_checked_client_never_goes_up(erp: str, crm: str) -> None:
+    name = f"Never {tag()}"
+    new_erp_client(erp, name, sync=False)
+    witness = new_erp_client(erp, f"witness {tag()}")
+    crm_id_of(erp, witness)
+    assert one(crm, "SELECT count(*) FROM accounts WHERE name = %s", (name,)) == 0
+
+
+def test_a_crm_account_comes_down_checked_and_linked(erp: str, crm: str) -> None:
+    name = f"Cuenta CRM {tag()}"
+    account = one(
+        crm,
+        "INSERT INTO accounts (name, city, notes) VALUES (%s, 'Cádiz', '') RETURNING id",
+        (name,),
+    )
+    client = eventually(
+        lambda: one(crm, "SELECT erp_id FROM accounts WHERE id = %s", (account,)),
+        SYNC_WINDOW,
+        "erp_id on the CRM account",
+    )
+    assert query(erp, "SELECT sincronizar_crm, crm_id FROM clientes WHERE id = %s", (client,))[
+        0
+    ] == (True, account)
+    assert in_sync(erp, crm, client, account)
+
+
+def test_values_cross_exactly_both_ways(erp: str, crm: str) -> None:
+    client = new_erp_client(erp, f"Exact {tag()}")
+    account = crm_id_of(erp, client)
+    hostile = {
+        "nombre": 'Ñandú «Viajes» O\'Brien "quoted" 🧳✈️',
+        "observaciones": "línea 1\nlínea 2\ttab — ‮RTL‬ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 " + "x" * 2000,
+        "email": "",
+        "telefono": None,
+    }
+    sets = ", ".join(f"{k} = %s" for k in hostile)
+    query(erp, f"UPDATE clientes SET {sets} WHERE id = %s", [*hostile.values(), client])
+    eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "ERP → CRM exact")
+    assert one(crm, "SELECT email FROM accounts WHERE id = %s", (account,)) == ""
+    assert one(crm, "SELECT phone FROM accounts WHERE id = %s", (account,)) is None
+
+    query(
+        crm,
+        "UPDATE accounts SET contact_name = %s, mobile = '' WHERE id = %s",
+        ("José Ángel Muñoz-Güell 👩‍✈️", account),
+    )
+    eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "CRM → ERP exact")
+
+
+def test_one_edit_settles_every_topic(stack: Stack, erp: str, crm: str) -> None:
+    client = new_erp_client(erp, f"Echo {tag()}")
+    account = crm_id_of(erp, client)
+    topics = Topics(stack.settings.tenant).all()
+    quiet = _settled(stack, topics)
+    query(erp, "UPDATE clientes SET movil = '+34 600 000 001' WHERE id = %s", (client,))
+    eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "edit applied")
+    after = _settled(stack, topics)
+    produced = sum(after.values()) - sum(quiet.values())
+    # The edit (1 capture), its command (1), the CRM write captured and dropped (1).
+    assert produced <= 4, f"{produced} messages for one edit: something echoes"
+
+
+def _settled(stack: Stack, topics: list[str]) -> dict[Any, int]:
+    last: dict[Any, int] = {}
+    stable_since = time.monotonic()
+
+    def probe() -> dict[Any, int] | None:
+        nonlocal last, stable_since
+        now = end_offsets(stack.settings, topics)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+            return None
+        return now if time.monotonic() - stable_since > 2.0 else None
+
+    return eventually(probe, 30, "topics settle")
+
+
+def test_same_field_on_both_sides_converges_and_is_recorded(erp: str, crm: str) -> None:
+    client = new_erp_client(erp, f"Conflict {tag()}")
+    account = crm_id_of(erp, client)
+    # Both edits are in flight at once: the CRM transaction holds its row while the ERP one
+    # commits, so the sync meets a CRM value that is neither the before- nor the after-image.
+    with psycopg.connect(crm) as crm_tx, psycopg.connect(erp) as erp_tx:
+        crm_tx.execute("UPDATE accounts SET phone = 'crm-later' WHERE id = %s", (account,))
+        erp_tx.execute("UPDATE clientes SET telefono = 'erp-first' WHERE id = %s", (client,))
+        erp_tx.commit()
+        crm_tx.commit()
+    eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "convergence")
+    assert one(erp, "SELECT telefono FROM clientes WHERE id = %s", (client,)) == "crm-later"
+    recorded = eventually(
+        lambda: query(
+            crm,
+            "SELECT incoming_value, local_value, winner FROM ofisync.conflicts"
+            " WHERE target_key = %s AND field = 'phone'",
+            (str(account),),
+        ),
+        SYNC_WINDOW,
+        "conflict recorded in the CRM",
+    )
+    assert recorded == [("erp-first", "crm-later", "local")]
+    recorded = eventually(
+        lambda: query(
+            erp,
+            "SELECT incoming_value, local_value, winner FROM ofisync.conflicts"
+            " WHERE target_key = %s AND field = 'telefono'",
+            (str(client),),
+        ),
+        SYNC_WINDOW,
+        "conflict recorded in OfiViaje",
+    )
+    assert recorded == [("crm-later", "erp-first", "incoming")]
+
+
+def test_different_fields_edited_on_both_sides_merge(erp: str, crm: str) -> None:
+    client = new_erp_client(erp, f"Merge {tag()}")
+    account = crm_id_of(erp, client)
+    query(erp, "UPDATE clientes SET email = 'erp@merge.es' WHERE id = %s", (client,))
+    query(crm, "UPDATE accounts SET city = 'Huelva' WHERE id = %s", (account,))
+    eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "merge")
+    assert erp_row(erp, client)[ERP_COLUMNS.index("email")] == "erp@merge.es"
+    assert erp_row(erp, client)[ERP_COLUMNS.index("poblacion")] == "Huelva"
+
+
+def _max_len(dsn: str, table: str, column: str) -> int:
+    return int(
+        one(
+            dsn,
+            "SELECT character_maximum_length FROM information_schema.columns"
+            " WHERE table_name = %s AND column_name = %s",
+            (table, column),
+        )
+    )
+
+
+def test_a_value_the_target_cannot_hold_goes_to_dead_letters_and_the_line_goes_on(
+    stack: Stack, erp: str, crm: str
+) -> None:
+    # The CRM's postal code is longer than OfiViaje's: a long one cannot come down.
+    erp_limit = _max_len(erp, "clientes", "codigo_postal")
+    assert _max_len(crm, "accounts", "postal_code") > erp_limit
+    client = new_erp_client(erp, f"Long {tag()}")
+    account = crm_id_of(erp, client)
+    tail = TopicTail(stack.settings, Topics(stack.settings.tenant).dead_letters)
+    try:
+        query(
+            crm,
+            "UPDATE accounts SET postal_code = %s WHERE id = %s",
+            ("9" * (erp_limit + 1), account),
+        )
+
+        def dead() -> dict[str, bytes] | None:
+            for record in tail.poll():
+                headers = dict(record.headers)
+                if b"too long" in headers.get("ofisync-reason", b""):
+                    return headers
+            return None
+
+        headers = eventually(dead, SYNC_WINDOW, "dead letter with its reason")
+    finally:
+        tail.close()
+    assert headers["ofisync-stage"] == b"apply"
+    assert headers["ofisync-topic"] == f"{stack.settings.tenant}.to-erp".encode()
+    query(
+        crm,
+        "UPDATE accounts SET postal_code = '28001', email = 'after@dlq.es' WHERE id = %s",
+        (account,),
+    )
+    eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "line goes on")
+
+
+def test_a_delete_unlinks_and_flags_the_other_side(erp: str, crm: str) -> None:
+    client = new_erp_client(erp, f"Delete {tag()}")
+    account = crm_id_of(erp, client)
+    query(erp, "DELETE FROM clientes WHERE id = %s", (client,))
+    eventually(
+        lambda: one(
+            crm,
+            "SELECT ofisync_deleted_at IS NOT NULL AND erp_id IS NULL FROM accounts WHERE id = %s",
+            (account,),
+        ),
+        SYNC_WINDOW,
+        "CRM account unlinked and flagged",
+    )
+
+    other = one(crm, "INSERT INTO accounts (name) VALUES (%s) RETURNING id", (f"Del {tag()}",))
+    mirror = eventually(
+        lambda: one(crm, "SELECT erp_id FROM accounts WHERE id = %s", (other,)),
+        SYNC_WINDOW,
+        "account linked",
+    )
+    query(crm, "DELETE FROM accounts WHERE id = %s", (other,))
+    eventually(
+        lambda: one(
+            erp,
+            "SELECT ofisync_deleted_at IS NOT NULL AND crm_id IS NULL FROM clientes WHERE id = %s",
+            (mirror,),
+        ),
+        SYNC_WINDOW,
+        "ERP client unlinked and flagged",
+    )
+
+
+def test_a_worker_killed_mid_burst_converges_without_loss_or_duplicate(
+    stack: Stack, erp: str, crm: str
+) -> None:
+    names = [f"Burst {tag()}" for _ in range(10)]
+    clients = [new_erp_client(erp, n) for n in names]
+    accounts = [crm_id_of(erp, c) for c in clients]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _BURST, erp, ",".join(map(str, clients))], env=dict(os.environ)
+    )
+    try:
+        eventually(
+            lambda: one(
+                crm,
+                "SELECT count(*) FROM accounts WHERE id = ANY(%s) AND notes LIKE 'burst %%'",
+                (accounts,),
+            ),
+            60,
+            "burst under way",
+        )
+        pid = stack.worker.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert writer.wait(timeout=120) == 0
+    finally:
+        writer.kill()
+    stack.worker.start()
+    for c, a in zip(clients, accounts, strict=True):
+        eventually(lambda c=c, a=a: in_sync(erp, crm, c, a), 120, f"client {c} converged")
+        assert one(crm, "SELECT notes FROM accounts WHERE id = %s", (a,)) == "burst 99"
+    for n in names:
+        assert one(crm, "SELECT count(*) FROM accounts WHERE name = %s", (n,)) == 1
+        assert one(erp, "SELECT count(*) FROM clientes WHERE nombre = %s", (n,)) == 1
+
+
+_BURST = """
+import sys, psycopg
+dsn, ids = sys.argv[1], [int(x) for x in sys.argv[2].split(",")]
+with psycopg.connect(dsn, autocommit=True) as conn:
+    for i in range(100):
+        for c in ids:
+            conn.execute("UPDATE clientes SET observaciones = %s WHERE id = %s", (f"burst {i}", c))
+"""
+
+
+def test_rewinding_the_worker_to_the_beginning_changes_nothing(
+    stack: Stack, erp: str, crm: str
+) -> None:
+    client = new_erp_client(erp, f"Replay {tag()}")
+    crm_id_of(erp, client)
+    snapshot_sql = {
+        Side.ERP: f"SELECT id, crm_id, {', '.join(ERP_COLUMNS)} FROM clientes ORDER BY id",
+        Side.CRM: f"SELECT id, erp_id, {', '.join(CRM_COLUMNS)} FROM accounts ORDER BY id",
+    }
+    _settled(stack, Topics(stack.settings.tenant).all())
+    before = {
+        side: query(dsn, snapshot_sql[side]) for side, dsn in ((Side.ERP, erp), (Side.CRM, crm))
+    }
+    applied_before = _applied_total(stack)
+    stack.worker.stop()
+    _reset_offsets_to_earliest(stack)
+    ofisync("up")
+    _settled(stack, Topics(stack.settings.tenant).all())
+    eventually(lambda: _worker_lag(stack) == 0, 120, "worker lag back to 0")
+    after = {
+        side: query(dsn, snapshot_sql[side]) for side, dsn in ((Side.ERP, erp), (Side.CRM, crm))
+    }
+    assert after == before
+    assert _applied_total(stack) == applied_before
+
+
+def _applied_total(stack: Stack) -> tuple[int, int]:
+    return (
+        int(one(stack.settings.erp.dsn, "SELECT count(*) FROM ofisync.applied")),
+        int(one(stack.settings.crm.dsn, "SELECT count(*) FROM ofisync.applied")),
+    )
+
+
+def _reset_offsets_to_earliest(stack: Stack) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=str(stack.settings.kafka))
+    try:
+        group = stack.settings.worker_group
+        current = admin.list_group_offsets({group: None})[group]
+        assert current, "the worker group has committed offsets"
+        admin.reset_group_offsets(group, dict.fromkeys(current, OffsetSpec.EARLIEST))
+    finally:
+        admin.close()
+
+
+def _worker_lag(stack: Stack) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=str(stack.settings.kafka))
+    try:
+        group = stack.settings.worker_group
+        committed = admin.list_group_offsets({group: None})[group]
+    finally:
+        admin.close()
+    ends = end_offsets(stack.settings, sorted({tp.topic for tp in committed}))
+    return sum(ends[tp] - om.offset for tp, om in committed.items() if tp in ends)

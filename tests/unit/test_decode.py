@@ -1,0 +1,123 @@
+"""Decode: Debezium envelopes → typed events; bad input → DecodeError, never an exception."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.decode import DecodeError, Ignored, decode
+from streams.model import ChangeEvent, Op, Side
+
+TOPIC = "ofisync.erp.public.clientes"
+
+
+def envelope(op: str, before: dict | None, after: dict | None, **source: object) -> bytes:
+    src = {
+        "lsn": 1234,
+        "ts_us": 1_700_000_000_000_001,
+        "ts_ms": 1_700_000_000_000,
+        "schema": "public",
+        "table": "clientes",
+        "snapshot": "false",
+    } | source
+    return json.dumps({"op": op, "before": before, "after": after, "source": src}).encode()
+
+
+def test_update_with_before_image() -> None:
+    ev = decode(
+        TOPIC,
+        b'{"id": 7}',
+        envelope("u", {"id": 7, "nombre": "a"}, {"id": 7, "nombre": "b"}),
+        "ofisync",
+    )
+    assert isinstance(ev, ChangeEvent)
+    assert (ev.source, ev.op, ev.key, ev.table, ev.lsn) == (
+        Side.ERP,
+        Op.UPDATE,
+        "7",
+        "clientes",
+        1234,
+    )
+    assert ev.commit_us == 1_700_000_000_000_001
+    assert ev.before == {"id": 7, "nombre": "a"} and ev.after == {"id": 7, "nombre": "b"}
+    assert ev.origin is None
+
+
+def test_commit_time_falls_back_to_milliseconds() -> None:
+    raw = json.loads(envelope("c", None, {"id": 1}))
+    del raw["source"]["ts_us"]
+    ev = decode(TOPIC, b'{"id": 1}', json.dumps(raw).encode(), "ofisync")
+    assert isinstance(ev, ChangeEvent) and ev.commit_us == 1_700_000_000_000_000
+
+
+def test_the_sync_s_own_write_is_marked_as_an_echo() -> None:
+    ev = decode(
+        TOPIC,
+        b'{"id": 1}',
+        envelope("u", {"id": 1}, {"id": 1, "ofisync_origin": "sync"}),
+        "ofisync",
+    )
+    assert isinstance(ev, ChangeEvent) and ev.origin == "sync"
+
+
+def test_a_delete_is_never_an_echo() -> None:
+    ev = decode(
+        TOPIC, b'{"id": 1}', envelope("d", {"id": 1, "ofisync_origin": "sync"}, None), "ofisync"
+    )
+    assert isinstance(ev, ChangeEvent) and ev.op is Op.DELETE and ev.origin is None
+
+
+def test_crm_topic_is_the_crm_side() -> None:
+    ev = decode(
+        "ofisync.crm.public.accounts",
+        b'{"id": 3}',
+        envelope("c", None, {"id": 3}, table="accounts"),
+        "ofisync",
+    )
+    assert isinstance(ev, ChangeEvent) and ev.source is Side.CRM
+
+
+def test_tombstones_and_truncates_are_ignored() -> None:
+    assert isinstance(decode(TOPIC, b'{"id": 1}', None, "ofisync"), Ignored)
+    assert isinstance(decode(TOPIC, None, envelope("t", None, None), "ofisync"), Ignored)
+
+
+def test_bad_input_is_a_reasoned_decode_error() -> None:
+    cases = {
+        b"not json": "not JSON",
+        b"[1, 2]": "not a JSON object",
+        envelope("x", None, {"id": 1}): "not a Debezium change envelope",
+        envelope("d", None, None): "REPLICA IDENTITY FULL",
+        envelope("u", {"id": 1}, None): "without 'after'",
+        b'{"op": "c", "after": {"id": 1}}': "missing field 'source'",
+        envelope("c", None, {"id": {"nested": 1}}): "unsupported value type",
+    }
+    for value, reason in cases.items():
+        out = decode(TOPIC, b'{"id": 1}', value, "ofisync")
+        assert isinstance(out, DecodeError), value
+        assert reason in out.reason, (out.reason, reason)
+    assert isinstance(decode("other.topic", b"{}", b"{}", "ofisync"), DecodeError)
+    assert isinstance(
+        decode(TOPIC, b"no-json-key", envelope("c", None, {"id": 1}), "ofisync"), DecodeError
+    )
+
+
+@given(st.binary(), st.one_of(st.none(), st.binary()))
+def test_no_bytes_crash_decode(value: bytes, key: bytes | None) -> None:
+    out = decode(TOPIC, key, value, "ofisync")
+    assert isinstance(out, ChangeEvent | DecodeError | Ignored)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["op", "before", "after", "source"]), json_values))
+def test_no_json_shape_crashes_decode(doc: dict) -> None:
+    out = decode(TOPIC, b'{"id": 1}', json.dumps(doc).encode(), "ofisync")
+    assert isinstance(out, ChangeEvent | DecodeError | Ignored)

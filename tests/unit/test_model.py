@@ -1,0 +1,53 @@
+"""Canonical values: database values and Debezium's forms meet in one representation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.model import Kind, canonical, to_db
+from streams.settings import Settings
+
+
+def test_known_debezium_forms() -> None:
+    assert canonical(Kind.DATE, dt.date(1970, 1, 2)) == 1
+    assert canonical(Kind.TIMESTAMP, dt.datetime(1970, 1, 1, 0, 0, 1)) == 1000
+    assert canonical(Kind.DECIMAL, Decimal("12.30")) == "12.30"
+    assert canonical(Kind.TEXT, None) is None
+
+
+@given(st.dates())
+def test_dates_round_trip(d: dt.date) -> None:
+    assert to_db(Kind.DATE, canonical(Kind.DATE, d)) == d
+
+
+@given(st.datetimes(min_value=dt.datetime(1900, 1, 1)))
+def test_timestamps_round_trip_to_the_millisecond(t: dt.datetime) -> None:
+    t = t.replace(microsecond=t.microsecond // 1000 * 1000)
+    assert to_db(Kind.TIMESTAMP, canonical(Kind.TIMESTAMP, t)) == t
+
+
+@given(
+    st.decimals(
+        allow_nan=False, allow_infinity=False, places=2, max_value=10**9, min_value=-(10**9)
+    )
+)
+def test_decimals_round_trip(d: Decimal) -> None:
+    assert to_db(Kind.DECIMAL, canonical(Kind.DECIMAL, d)) == d
+
+
+def test_settings_defaults_are_the_contract_s() -> None:
+    s = Settings.from_env({})
+    assert str(s.erp.endpoint) == "127.0.0.1:55432" and s.erp.dbname == "ofiviaje"
+    assert str(s.crm.endpoint) == "127.0.0.1:55433" and s.crm.dbname == "oficrm"
+    assert str(s.kafka) == "127.0.0.1:9092" and str(s.connect) == "127.0.0.1:8083"
+    assert str(s.web) == "127.0.0.1:6066"
+
+
+def test_passwords_stay_out_of_repr_and_safe_dsn() -> None:
+    s = Settings.from_env({"OFISYNC_ERP_DSN": "postgresql://u:s3cret@127.0.0.1:5/db"})
+    assert "s3cret" not in repr(s) and "s3cret" not in s.erp.safe_dsn
+    assert s.erp.password == "s3cret"

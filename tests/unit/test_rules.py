@@ -1,0 +1,103 @@
+"""Rules: which changes cross, which fields, full pushes vs field updates."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.model import CLIENT, ChangeEvent, Command, CommandOp, Op, Side
+from streams.rules import Invalid, Skip, to_command
+
+ERP_ROW = {f.erp: None for f in CLIENT.fields} | {
+    "id": 5,
+    "nombre": "Ana",
+    "sincronizar_crm": True,
+    "crm_id": None,
+    "email": "a@x.es",
+}
+CRM_ROW = {f.crm: None for f in CLIENT.fields} | {"id": 9, "name": "Cuenta", "erp_id": None}
+
+
+def event(side: Side, op: Op, before: dict | None, after: dict | None) -> ChangeEvent:
+    table = "clientes" if side is Side.ERP else "accounts"
+    key = str((after or before or {}).get("id"))
+    return ChangeEvent(side, "public", table, op, key, before, after, 100, 200, None)
+
+
+def test_an_erp_create_is_a_full_push_of_mapped_fields_only() -> None:
+    cmd = to_command(event(Side.ERP, Op.CREATE, None, ERP_ROW), CLIENT)
+    assert isinstance(cmd, Command)
+    assert cmd.full and cmd.op is CommandOp.UPSERT and cmd.target is Side.CRM
+    assert {v.field for v in cmd.values} == {f.crm for f in CLIENT.fields}
+    assert dict((v.field, v.after) for v in cmd.values)["name"] == "Ana"
+    assert cmd.link_key is None and cmd.source_key == "5"
+
+
+def test_an_unchecked_client_does_not_cross() -> None:
+    row = ERP_ROW | {"sincronizar_crm": False}
+    assert isinstance(to_command(event(Side.ERP, Op.CREATE, None, row), CLIENT), Skip)
+    assert isinstance(
+        to_command(event(Side.ERP, Op.UPDATE, row, row | {"email": "b"}), CLIENT), Skip
+    )
+
+
+def test_checking_the_box_pushes_everything() -> None:
+    before = ERP_ROW | {"sincronizar_crm": False}
+    cmd = to_command(event(Side.ERP, Op.UPDATE, before, ERP_ROW), CLIENT)
+    assert isinstance(cmd, Command) and cmd.full
+
+
+def test_an_update_carries_its_before_image_and_marks_changed_fields() -> None:
+    after = ERP_ROW | {"email": "new@x.es", "crm_id": 9}
+    cmd = to_command(event(Side.ERP, Op.UPDATE, ERP_ROW | {"crm_id": 9}, after), CLIENT)
+    assert isinstance(cmd, Command) and not cmd.full
+    assert [(v.field, v.before, v.after) for v in cmd.changed()] == [
+        ("email", "a@x.es", "new@x.es")
+    ]
+    assert cmd.link_key == "9"
+
+
+def test_an_update_of_no_synced_field_is_skipped() -> None:
+    out = to_command(event(Side.ERP, Op.UPDATE, ERP_ROW, ERP_ROW | {"crm_id": 3}), CLIENT)
+    assert isinstance(out, Skip)
+
+
+def test_every_crm_account_crosses() -> None:
+    cmd = to_command(event(Side.CRM, Op.CREATE, None, CRM_ROW), CLIENT)
+    assert isinstance(cmd, Command) and cmd.target is Side.ERP and cmd.full
+    assert {v.field for v in cmd.values} == {f.erp for f in CLIENT.fields}
+
+
+def test_deletes_cross_as_deletes_with_the_link() -> None:
+    cmd = to_command(event(Side.CRM, Op.DELETE, CRM_ROW | {"erp_id": 5}, None), CLIENT)
+    assert isinstance(cmd, Command) and cmd.op is CommandOp.DELETE and cmd.link_key == "5"
+    never = ERP_ROW | {"sincronizar_crm": False}
+    assert isinstance(to_command(event(Side.ERP, Op.DELETE, never, None), CLIENT), Skip)
+
+
+def test_a_row_missing_a_synced_column_is_invalid() -> None:
+    row = {k: v for k, v in ERP_ROW.items() if k != "nif"}
+    out = to_command(event(Side.ERP, Op.CREATE, None, row), CLIENT)
+    assert isinstance(out, Invalid) and "nif" in out.reason
+
+
+values = st.one_of(st.none(), st.text(), st.integers(), st.booleans())
+
+
+@given(
+    st.dictionaries(st.sampled_from([f.erp for f in CLIENT.fields]), values),
+    st.dictionaries(st.sampled_from([f.erp for f in CLIENT.fields]), values),
+)
+def test_mapping_there_and_back_returns_the_original(a: dict, b: dict) -> None:
+    before = ERP_ROW | {"crm_id": 1} | a
+    after = ERP_ROW | {"crm_id": 1} | b
+    up = to_command(event(Side.ERP, Op.UPDATE, before, after), CLIENT)
+    if isinstance(up, Skip):
+        assert all(before[f.erp] == after[f.erp] for f in CLIENT.fields)
+        return
+    assert isinstance(up, Command)
+    crm_after = {v.field: v.after for v in up.values} | {"id": 1, "erp_id": 5}
+    crm_before = {v.field: v.before for v in up.values} | {"id": 1, "erp_id": 5}
+    down = to_command(event(Side.CRM, Op.UPDATE, crm_before, crm_after), CLIENT)
+    assert isinstance(down, Command)
+    assert {v.field: v.after for v in down.values} == {f.erp: after[f.erp] for f in CLIENT.fields}
