@@ -67,9 +67,9 @@ def decode_record(data: bytes) -> dict[str, Any]:
     writer = schemas().get(version)
     if writer is None:
         raise CodecError(f"command schema v{version} is unknown to this worker; upgrade it")
-    record: dict[str, Any] = fastavro.schemaless_reader(
-        io.BytesIO(data[2:]), writer, schemas()[latest_version()]
-    )
+    record = fastavro.schemaless_reader(io.BytesIO(data[2:]), writer, schemas()[latest_version()])
+    if not isinstance(record, dict):
+        raise CodecError("a command frame must hold an Avro record")
     return record
 
 

@@ -70,7 +70,7 @@ def decode(
     if op_code == "t" or op_code == "m":
         return Ignored(f"op {op_code!r} carries no row")
     try:
-        op = Op(op_code)
+        op = Op(str(op_code))
         source = envelope["source"]
         if not isinstance(source, dict):
             raise ValueError("'source' is not an object")

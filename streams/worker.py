@@ -210,7 +210,7 @@ def build_app(settings: Settings) -> faust.App:
     for side in Side:
         apply_agent(side)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def started() -> None:
         state["state"] = "running"
         log.info(

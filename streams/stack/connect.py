@@ -68,6 +68,14 @@ def render_connector(settings: Settings, side: str) -> dict[str, Any]:
     return spec
 
 
+def is_running(status: dict[str, Any]) -> bool:
+    """A connector is running when it and every one of its tasks are RUNNING."""
+    tasks = status["tasks"]
+    return (
+        status["state"] == "RUNNING" and bool(tasks) and all(t["state"] == "RUNNING" for t in tasks)
+    )
+
+
 class Worker:
     name = "connect"
 
@@ -170,11 +178,7 @@ class Worker:
         }
 
     def connector_running(self, side: str) -> bool:
-        st = self.connector_status(side)
-        tasks = st["tasks"]
-        return (
-            st["state"] == "RUNNING" and bool(tasks) and all(t["state"] == "RUNNING" for t in tasks)
-        )
+        return is_running(self.connector_status(side))
 
     def restart_failed(self, side: str) -> None:
         name = self.settings.connector_name(side)

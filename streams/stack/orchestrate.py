@@ -18,7 +18,7 @@ import psycopg
 from streams.settings import Endpoint, Settings
 from streams.stack import install
 from streams.stack.connect import Worker as ConnectWorker
-from streams.stack.connect import wait_streaming
+from streams.stack.connect import is_running, wait_streaming
 from streams.stack.kafka import Broker
 from streams.stack.postgres import Cluster
 from streams.stack.procs import StackError, port_open
@@ -193,28 +193,22 @@ class Stack:
         add("connect", self.connect.pid(), s.connect_url, connect_up)
         connectors = []
         for db in s.databases:
-            st = (
-                self.connect.connector_status(db.side)
-                if connect_up
-                else {
-                    "name": s.connector_name(db.side),
-                    "state": "UNKNOWN",
-                    "tasks": [],
-                }
-            )
-            st["healthy"] = (
-                st["state"] == "RUNNING"
-                and bool(st["tasks"])
-                and all(t["state"] == "RUNNING" for t in st["tasks"])
-            )
-            connectors.append(st)
-        health = self.worker.health()
+            st: dict[str, Any] = {
+                "name": s.connector_name(db.side),
+                "state": "UNKNOWN",
+                "tasks": [],
+            }
+            if connect_up:
+                st = self.connect.connector_status(db.side)
+            connectors.append(st | {"healthy": is_running(st)})
+        worker_state = (self.worker.health() or {}).get("state", "down")
+        worker_pid = self.worker.pid()
         add(
             "worker",
-            self.worker.pid(),
+            worker_pid,
             s.web_url,
-            self.worker.pid() is not None and bool(health) and health.get("state") == "running",
-            state=(health or {}).get("state", "down"),
+            worker_pid is not None and worker_state == "running",
+            state=worker_state,
         )
         healthy = all(c["healthy"] for c in components) and all(c["healthy"] for c in connectors)
         return {"healthy": healthy, "components": components, "connectors": connectors}

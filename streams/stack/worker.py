@@ -36,8 +36,7 @@ class WorkerProcess:
             return None
 
     def healthy(self) -> bool:
-        health = self.health()
-        return self.pid() is not None and health is not None and health.get("state") == "running"
+        return self.pid() is not None and (self.health() or {}).get("state") == "running"
 
     def start(self) -> None:
         if self.pid():

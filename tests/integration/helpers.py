@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -70,8 +71,8 @@ class TopicTail:
         )
         parts = []
         for t in topics:
-            ids = eventually(
-                lambda t=t: self.consumer.partitions_for_topic(t), 30, f"topic {t} exists"
+            ids: set[int] = eventually(
+                partial(self.consumer.partitions_for_topic, t), 30, f"topic {t} exists"
             )
             parts += [TopicPartition(t, p) for p in ids]
         self.consumer.assign(parts)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -329,7 +330,7 @@ def test_a_worker_killed_mid_burst_converges_without_loss_or_duplicate(
         writer.kill()
     stack.worker.start()
     for c, a in zip(clients, accounts, strict=True):
-        eventually(lambda c=c, a=a: in_sync(erp, crm, c, a), 120, f"client {c} converged")
+        eventually(partial(in_sync, erp, crm, c, a), 120, f"client {c} converged")
         assert one(crm, "SELECT notes FROM accounts WHERE id = %s", (a,)) == "burst 99"
     for n in names:
         assert one(crm, "SELECT count(*) FROM accounts WHERE name = %s", (n,)) == 1

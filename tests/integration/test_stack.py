@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from typing import Any
 
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
@@ -14,10 +15,12 @@ from streams.stack.procs import pid_alive, port_open
 from tests.integration.helpers import TopicTail, eventually, ofisync, query, tag
 
 
-def _changes(tail: TopicTail, key_field: str, key_value: object, count: int) -> list[dict]:
-    seen: list[dict] = []
+def _changes(
+    tail: TopicTail, key_field: str, key_value: object, count: int
+) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
 
-    def probe() -> list[dict] | None:
+    def probe() -> list[dict[str, Any]] | None:
         for record in tail.poll():
             value = json.loads(record.value)
             row = value["after"] or value["before"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from typing import Any
 
 import fastavro
 import pytest
@@ -24,7 +25,7 @@ canonical = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(2**63),
     st.one_of(st.none(), st.text()),
 )
 def test_round_trip_keeps_values_and_their_types(
-    side: Side, op: CommandOp, values: list, link: str | None
+    side: Side, op: CommandOp, values: list[Any], link: str | None
 ) -> None:
     cmd = Command(
         side, "client", op, "7", link, 10, 20, False, tuple(FieldValue(*v) for v in values)
@@ -64,7 +65,7 @@ def test_bad_frames_are_reasoned_errors() -> None:
         codec.decode(b"\x00\x7f")
 
 
-def _sample(schema: dict) -> dict:
+def _sample(schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "source": "erp",
         "entity": "client",

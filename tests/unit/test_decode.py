@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +14,9 @@ from streams.model import ChangeEvent, Op, Side
 TOPIC = "ofisync.erp.public.clientes"
 
 
-def envelope(op: str, before: dict | None, after: dict | None, **source: object) -> bytes:
+def envelope(
+    op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, **source: object
+) -> bytes:
     src = {
         "lsn": 1234,
         "ts_us": 1_700_000_000_000_001,
@@ -118,6 +121,6 @@ json_values = st.recursive(
 
 
 @given(st.dictionaries(st.sampled_from(["op", "before", "after", "source"]), json_values))
-def test_no_json_shape_crashes_decode(doc: dict) -> None:
+def test_no_json_shape_crashes_decode(doc: dict[str, Any]) -> None:
     out = decode(TOPIC, b'{"id": 1}', json.dumps(doc).encode(), "ofisync")
     assert isinstance(out, ChangeEvent | DecodeError | Ignored)

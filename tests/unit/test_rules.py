@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +20,9 @@ ERP_ROW = {f.erp: None for f in CLIENT.fields} | {
 CRM_ROW = {f.crm: None for f in CLIENT.fields} | {"id": 9, "name": "Cuenta", "erp_id": None}
 
 
-def event(side: Side, op: Op, before: dict | None, after: dict | None) -> ChangeEvent:
+def event(
+    side: Side, op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> ChangeEvent:
     table = "clientes" if side is Side.ERP else "accounts"
     key = str((after or before or {}).get("id"))
     return ChangeEvent(side, "public", table, op, key, before, after, 100, 200, None)
@@ -88,7 +92,7 @@ values = st.one_of(st.none(), st.text(), st.integers(), st.booleans())
     st.dictionaries(st.sampled_from([f.erp for f in CLIENT.fields]), values),
     st.dictionaries(st.sampled_from([f.erp for f in CLIENT.fields]), values),
 )
-def test_mapping_there_and_back_returns_the_original(a: dict, b: dict) -> None:
+def test_mapping_there_and_back_returns_the_original(a: dict[str, Any], b: dict[str, Any]) -> None:
     before = ERP_ROW | {"crm_id": 1} | a
     after = ERP_ROW | {"crm_id": 1} | b
     up = to_command(event(Side.ERP, Op.UPDATE, before, after), CLIENT)
