@@ -35,7 +35,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  Kafka         {settings.kafka}")
     print(f"  Kafka Connect {settings.connect_url}")
     if not args.no_worker:
-        print(f"  dashboard     {settings.web_url}/dashboard/   metrics {settings.web_url}/metrics")
+        print(f"  worker        {settings.web_url}/health   metrics {settings.web_url}/metrics")
     print(f"  logs          {settings.logs}")
     return OK
 
