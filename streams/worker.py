@@ -4,10 +4,14 @@ capture agent: captured changes (both databases) → `pipeline.route` → comman
 `<tenant>.to-erp` / `<tenant>.to-crm`, bad input to `<tenant>.dlq`.
 apply agents: commands → `Sink.apply` on the target database.
 
-Faust acks a `take_events` batch when the body moves on, even after an exception, so the
-bodies never raise: unreachable databases are retried in place (offsets stay uncommitted and
-lag grows), anything else becomes a dead letter. Faust flushes the producer before it commits
-offsets, so a command is durable before the change it came from is acknowledged.
+Faust acks a `take_events` batch when the body moves on, even after an exception or a
+cancellation, so the bodies never raise: unreachable databases are retried in place (offsets
+stay uncommitted and lag grows), anything else becomes a dead letter. For the same reason a stop
+signal does not go through Faust's graceful stop (which cancels the agents mid-batch and then
+commits): the worker finishes the batch in flight, flushes the producer and exits; what was
+applied but not yet committed is redelivered, and the applied positions make that a no-op.
+Faust flushes the producer before it commits offsets, so a command is durable before the change
+it came from is acknowledged.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
@@ -46,6 +51,74 @@ def _raw_topic(app: faust.App, *names: str) -> Any:
     )
 
 
+STOP_GRACE_S = 20.0
+
+
+class InFlight:
+    """Counts batches being processed, so a stop can wait for them and start no new one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        if self.closing:
+            await asyncio.Event().wait()  # never start new work once stopping: exit comes first
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+class SyncWorker(faust.Worker):
+    """A Faust worker whose stop signals drain the batch in flight and exit without committing
+    what was not processed (see the module docstring)."""
+
+    def __init__(self, app: faust.App, in_flight: InFlight, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.in_flight = in_flight
+        self._stopping: asyncio.Future[None] | None = None
+
+    def _on_sigterm(self) -> None:
+        self._drain_then_exit()
+
+    def _on_sigint(self) -> None:
+        self._drain_then_exit()
+
+    def _drain_then_exit(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain_and_exit())
+
+    async def _drain_and_exit(self) -> None:
+        self.in_flight.closing = True
+        log.info("stopping: finishing the batch in flight")
+        try:
+            await asyncio.wait_for(self.in_flight.idle(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning(
+                "a batch is still in flight after %.0f s; it stays uncommitted and is"
+                " processed again on restart",
+                STOP_GRACE_S,
+            )
+        try:
+            await asyncio.wait_for(self.app.producer.flush(), 5.0)
+        except Exception:  # flushing is a courtesy: unflushed commands are re-sent on restart
+            log.warning("could not flush the producer before exit", exc_info=True)
+        log.info("ofisync worker stopped")
+        logging.shutdown()
+        os._exit(0)
+
+
 class DeadLetters:
     """Sends what cannot be processed to the dead-letter topic, with the reason and the bytes."""
 
@@ -73,7 +146,7 @@ class DeadLetters:
         await self.topic.send(key=message.key, value=message.value, headers=headers)
 
 
-def build_app(settings: Settings) -> faust.App:
+def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     topics = Topics(settings.tenant)
     policy = Policy(os.environ.get("OFISYNC_CONFLICT_POLICY", Policy.LATER_WINS.value))
     app = faust.App(
@@ -104,8 +177,9 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(_raw_topic(app, *topics.captured_entities()))
     async def capture(stream: Any) -> None:
         async for events in stream.take_events(CAPTURE_BATCH, BATCH_WINDOW_S):
-            for event in events:
-                await _capture_one(event.message)
+            async with in_flight.batch():
+                for event in events:
+                    await _capture_one(event.message)
 
     async def _capture_one(message: Any) -> None:
         try:
@@ -136,7 +210,8 @@ def build_app(settings: Settings) -> faust.App:
 
         async def apply(stream: Any) -> None:
             async for events in stream.take_events(APPLY_BATCH, BATCH_WINDOW_S):
-                await _apply_batch(sink, [e.message for e in events])
+                async with in_flight.batch():
+                    await _apply_batch(sink, [e.message for e in events])
 
         apply.__name__ = f"apply_to_{target.value}"
         app.agent(command_topics[target], name=f"apply_to_{target.value}")(apply)
@@ -241,5 +316,6 @@ def run_worker(settings: Settings) -> None:
                 raise
             log.warning("waiting for Kafka at %s: %s", settings.kafka, exc)
             time.sleep(2)
-    app = build_app(settings)
-    faust.Worker(app, loglevel="INFO").execute_from_commandline()
+    in_flight = InFlight()
+    app = build_app(settings, in_flight)
+    SyncWorker(app, in_flight, loglevel="INFO").execute_from_commandline()
