@@ -65,6 +65,37 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return OK if report["healthy"] else PROBLEM
 
 
+def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
+    from streams.lag import report
+
+    try:
+        data = report(settings)
+    except KafkaError as exc:
+        raise StackError(
+            f"Kafka at {settings.kafka} did not answer ({exc}); is the stack up (`ofisync up`)?"
+        ) from exc
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return OK
+    print(f"{'GROUP':<22} {'TOPIC':<34} {'PART':>4} {'COMMITTED':>10} {'END':>10} {'LAG':>8}")
+    for p in data["partitions"]:
+        print(
+            f"{p['group']:<22} {p['topic']:<34} {p['partition']:>4} {p['committed']:>10}"
+            f" {p['end']:>10} {p['lag']:>8}"
+        )
+    print(f"total lag: {data['total_lag']}")
+    print()
+    print(f"{'DATABASE':<14} {'SLOT':<16} {'ACTIVE':<7} {'RETAINED WAL':>14} {'UNCONFIRMED':>12}")
+    for s in data["slots"]:
+        print(
+            f"{s['database']:<14} {s['slot']:<16} {s['active']!s:<7}"
+            f" {s['retained_wal_bytes']:>14,} {s['unconfirmed_bytes']:>12,}"
+        )
+    return OK
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
@@ -76,6 +107,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,
+    "lag": cmd_lag,
     "worker": cmd_worker,
 }
 
@@ -91,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop everything `up` started; data stays")
     st = sub.add_parser("status", help="health of every component")
     st.add_argument("--json", action="store_true")
+    lag = sub.add_parser("lag", help="consumer lag per group/topic/partition and slot WAL")
+    lag.add_argument("--json", action="store_true")
     sub.add_parser("worker", help="run the sync worker in the foreground")
     return p
 

@@ -1,0 +1,85 @@
+"""Lag: how far behind the sync is — consumer lag per group/topic/partition (Kafka's committed
+offsets against log-end offsets, as Kafka's own consumer-group tool computes it) and the WAL
+each replication slot still retains in its database."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+@dataclass(frozen=True)
+class SlotLag:
+    database: str
+    slot: str
+    active: bool
+    retained_wal_bytes: int  # WAL kept for the slot (restart_lsn → current)
+    unconfirmed_bytes: int  # WAL not yet confirmed by the connector (confirmed_flush → current)
+
+
+def tenant_groups(admin: KafkaAdminClient, settings: Settings) -> list[str]:
+    """The tenant's consumer groups (the worker's, and any other `<tenant>-...` group)."""
+    groups = {g["group_id"] if isinstance(g, dict) else g[0] for g in admin.list_groups()}
+    ours = {g for g in groups if g.startswith(f"{settings.tenant}-")} - {settings.connect_group}
+    return sorted(ours | {settings.worker_group} & groups)
+
+
+def consumer_lag(settings: Settings) -> list[PartitionLag]:
+    admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka), client_id="ofisync-lag")
+    consumer = KafkaConsumer(bootstrap_servers=str(settings.kafka), client_id="ofisync-lag")
+    try:
+        groups = tenant_groups(admin, settings)
+        committed = admin.list_group_offsets(dict.fromkeys(groups)) if groups else {}
+        parts = sorted({tp for offsets in committed.values() for tp in offsets})
+        ends: dict[TopicPartition, int] = consumer.end_offsets(parts) if parts else {}
+    finally:
+        consumer.close()
+        admin.close()
+    rows = [
+        PartitionLag(group, tp.topic, tp.partition, om.offset, ends.get(tp, om.offset))
+        for group, offsets in committed.items()
+        for tp, om in offsets.items()
+        if om.offset >= 0
+    ]
+    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
+
+
+def slot_lag(settings: Settings) -> list[SlotLag]:
+    rows = []
+    for db in settings.databases:
+        with psycopg.connect(db.dsn, connect_timeout=5) as conn:
+            for slot, active, retained, unconfirmed in conn.execute(
+                "SELECT slot_name, active,"
+                " coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,"
+                " coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint"
+                " FROM pg_replication_slots WHERE database = current_database() ORDER BY 1"
+            ):
+                rows.append(SlotLag(db.title, slot, active, retained, unconfirmed))
+    return rows
+
+
+def report(settings: Settings) -> dict[str, Any]:
+    partitions = consumer_lag(settings)
+    return {
+        "total_lag": sum(p.lag for p in partitions),
+        "partitions": [asdict(p) | {"lag": p.lag} for p in partitions],
+        "slots": [asdict(s) for s in slot_lag(settings)],
+    }
