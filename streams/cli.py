@@ -81,9 +81,11 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
         return OK
     print(f"{'GROUP':<22} {'TOPIC':<34} {'PART':>4} {'COMMITTED':>10} {'END':>10} {'LAG':>8}")
     for p in data["partitions"]:
+        committed = "-" if p["committed"] is None else p["committed"]
+        lag = "-" if p["lag"] is None else p["lag"]
         print(
-            f"{p['group']:<22} {p['topic']:<34} {p['partition']:>4} {p['committed']:>10}"
-            f" {p['end']:>10} {p['lag']:>8}"
+            f"{p['group']:<22} {p['topic']:<34} {p['partition']:>4} {committed:>10}"
+            f" {p['end']:>10} {lag:>8}"
         )
     print(f"total lag: {data['total_lag']}")
     print()

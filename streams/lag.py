@@ -18,12 +18,12 @@ class PartitionLag:
     group: str
     topic: str
     partition: int
-    committed: int
+    committed: int | None  # None: the group has not committed on this partition yet
     end: int
 
     @property
-    def lag(self) -> int:
-        return max(0, self.end - self.committed)
+    def lag(self) -> int | None:
+        return None if self.committed is None else max(0, self.end - self.committed)
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,26 @@ def consumer_lag(settings: Settings) -> list[PartitionLag]:
     try:
         groups = tenant_groups(admin, settings)
         committed = admin.list_group_offsets(dict.fromkeys(groups)) if groups else {}
-        parts = sorted({tp for offsets in committed.values() for tp in offsets})
-        ends: dict[TopicPartition, int] = consumer.end_offsets(parts) if parts else {}
+        # Every partition of the topics a group reads, committed on or not (as Kafka's tool).
+        partitions = {
+            group: sorted(
+                TopicPartition(topic, p)
+                for topic in {tp.topic for tp in offsets}
+                for p in consumer.partitions_for_topic(topic) or ()
+            )
+            for group, offsets in committed.items()
+        }
+        every = sorted({tp for tps in partitions.values() for tp in tps})
+        ends: dict[TopicPartition, int] = consumer.end_offsets(every) if every else {}
     finally:
         consumer.close()
         admin.close()
-    rows = [
-        PartitionLag(group, tp.topic, tp.partition, om.offset, ends.get(tp, om.offset))
-        for group, offsets in committed.items()
-        for tp, om in offsets.items()
-        if om.offset >= 0
-    ]
+    rows = []
+    for group, tps in partitions.items():
+        for tp in tps:
+            om = committed[group].get(tp)
+            offset = om.offset if om is not None and om.offset >= 0 else None
+            rows.append(PartitionLag(group, tp.topic, tp.partition, offset, ends.get(tp, 0)))
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
 
 
@@ -79,7 +88,7 @@ def slot_lag(settings: Settings) -> list[SlotLag]:
 def report(settings: Settings) -> dict[str, Any]:
     partitions = consumer_lag(settings)
     return {
-        "total_lag": sum(p.lag for p in partitions),
+        "total_lag": sum(p.lag or 0 for p in partitions),
         "partitions": [asdict(p) | {"lag": p.lag} for p in partitions],
         "slots": [asdict(s) for s in slot_lag(settings)],
     }
