@@ -90,8 +90,13 @@ class Broker:
         if not (self.dir / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             run(
+                # `=` form: a base64url id may start with "-", which would read as an option.
                 jvm(
-                    self.settings, STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(self.config)
+                    self.settings,
+                    STORAGE_TOOL,
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    f"--config={self.config}",
                 ),
                 "formatting Kafka storage",
             )
