@@ -26,15 +26,6 @@ class TransientError(RuntimeError):
     """The database cannot be reached now; retry the whole batch later."""
 
 
-@dataclass(frozen=True)
-class Conflict:
-    field: str
-    incoming: Any
-    local: Any
-    local_commit_us: int | None
-    winner: str
-
-
 @dataclass
 class BatchResult:
     applied: list[Command] = field(default_factory=list)
@@ -43,6 +34,15 @@ class BatchResult:
     conflicts: int = 0
     dead: list[tuple[Command, str]] = field(default_factory=list)
     links: list[tuple[Command, int]] = field(default_factory=list)
+
+    def absorb(self, other: BatchResult) -> None:
+        """Adds another result's outcome to this one (applying a batch piece by piece)."""
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.noops += other.noops
+        self.conflicts += other.conflicts
+        self.dead += other.dead
+        self.links += other.links
 
 
 SYNC_ORIGIN = "sync"
@@ -149,9 +149,8 @@ class Sink:
     ) -> dict[str, Any] | None:
         table = entity.table(self.target)
         link = entity.link(self.target)
-        columns = sql.SQL(", ").join(
-            [_ident("id"), _ident(link), *(_ident(f.name(self.target)) for f in entity.fields)]
-        )
+        names = ["id", link, *(f.name(self.target) for f in entity.fields)]
+        columns = sql.SQL(", ").join(_ident(n) for n in names)
         query = sql.SQL("SELECT {} FROM {} WHERE {} = %s FOR UPDATE").format
         candidates = []
         if cmd.link_key is not None:
@@ -161,7 +160,6 @@ class Sink:
             cur = await conn.execute(q, (arg,))
             row = await cur.fetchone()
             if row is not None:
-                names = ["id", link, *(f.name(self.target) for f in entity.fields)]
                 return dict(zip(names, row, strict=True))
         return None
 

@@ -29,7 +29,7 @@ from prometheus_client import generate_latest
 
 from streams import codec, metrics
 from streams.conflicts import Policy
-from streams.decode import DecodeError, Ignored
+from streams.decode import DecodeError, Ignored, source_side
 from streams.model import Command, Side
 from streams.pipeline import Echo, route
 from streams.rules import Invalid, Skip
@@ -188,7 +188,8 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
             log.exception("capture failed on %s@%s", message.topic, message.offset)
             await dead.send("capture", f"internal error: {exc!r}", message)
             return
-        source = message.topic.split(".")[1] if "." in message.topic else "?"
+        side = source_side(message.topic, settings.tenant)
+        source = side.value if side is not None else "?"
         if isinstance(outcome, Command):
             metrics.CHANGES.labels(source, "command").inc()
             await command_topics[outcome.target].send(
@@ -225,15 +226,16 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
                 await dead.send("command", f"undecodable command: {exc}", message)
         if not commands:
             return
-        result = await _apply_with_retry(sink, commands)
+        result = await _apply_with_retry(sink, [c for c, _ in commands])
         _count(sink.target, result)
         by_cmd = {id(c): m for c, m in commands}
         for cmd, reason in result.dead:
             await dead.send("apply", reason, by_cmd[id(cmd)])
 
-    async def _apply_with_retry(sink: Sink, commands: list[tuple[Command, Any]]) -> BatchResult:
+    async def _apply_with_retry(sink: Sink, batch: list[Command]) -> BatchResult:
+        """Applies `batch`, waiting out an unreachable database. A batch that fails for any
+        other reason is applied command by command, so only the failing one is dead-lettered."""
         backoff = 0.2
-        batch = [c for c, _ in commands]
         while True:
             try:
                 return await sink.apply(batch)
@@ -245,32 +247,17 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
                     exc,
                     backoff,
                 )
-            except Exception:
+            except Exception as exc:
+                if len(batch) == 1:
+                    log.exception("apply to %s failed", sink.target.value)
+                    return BatchResult(dead=[(batch[0], f"internal error: {exc!r}")])
                 log.exception("apply to %s failed; retrying one by one", sink.target.value)
-                return await _apply_one_by_one(sink, batch)
+                total = BatchResult()
+                for cmd in batch:
+                    total.absorb(await _apply_with_retry(sink, [cmd]))
+                return total
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-    async def _apply_one_by_one(sink: Sink, batch: list[Command]) -> BatchResult:
-        total = BatchResult()
-        for cmd in batch:
-            backoff = 0.2
-            while True:
-                try:
-                    one = await sink.apply([cmd])
-                    break
-                except TransientError:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
-                except Exception as exc:
-                    one = BatchResult(dead=[(cmd, f"internal error: {exc!r}")])
-                    break
-            total.applied += one.applied
-            total.dead += one.dead
-            total.duplicates += one.duplicates
-            total.noops += one.noops
-            total.conflicts += one.conflicts
-        return total
 
     def _count(target: Side, result: BatchResult) -> None:
         now_us = time.time() * 1_000_000
