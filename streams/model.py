@@ -101,12 +101,6 @@ class Entity:
         """The column on `side`'s table that holds the other side's id."""
         return self.erp_link if side is Side.ERP else self.crm_link
 
-    def field(self, side: Side, column: str) -> Field | None:
-        for f in self.fields:
-            if f.name(side) == column:
-                return f
-        return None
-
 
 CLIENT = Entity(
     name="client",

@@ -125,9 +125,6 @@ class Settings:
         )
 
     # Names derived from the tenant, so several agencies can share one Kafka cluster.
-    def source_topic_prefix(self, side: str) -> str:
-        return f"{self.tenant}.{side}"
-
     def connector_name(self, side: str) -> str:
         return f"{self.tenant}-{side}"
 
