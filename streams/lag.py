@@ -36,10 +36,11 @@ class SlotLag:
 
 
 def tenant_groups(admin: KafkaAdminClient, settings: Settings) -> list[str]:
-    """The tenant's consumer groups (the worker's, and any other `<tenant>-...` group)."""
+    """The tenant's consumer groups: every `<tenant>-...` group (the worker's among them)
+    but Connect's own, which commits no offsets."""
     groups = {g["group_id"] if isinstance(g, dict) else g[0] for g in admin.list_groups()}
-    ours = {g for g in groups if g.startswith(f"{settings.tenant}-")} - {settings.connect_group}
-    return sorted(ours | {settings.worker_group} & groups)
+    ours = {g for g in groups if g.startswith(f"{settings.tenant}-")}
+    return sorted(ours - {settings.connect_group})
 
 
 def consumer_lag(settings: Settings) -> list[PartitionLag]:

@@ -53,6 +53,21 @@ class PlainProgress:
         self.echo(f"  {text}")
 
 
+class Component(Protocol):
+    def pid(self) -> int | None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> bool: ...
+
+
+def _start(component: Component, started: list[Callable[[], bool]]) -> None:
+    """Starts `component` unless it runs, noting its stop for `up`'s clean-up on failure."""
+    if component.pid() is None:
+        component.start()
+        started.append(component.stop)
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -104,23 +119,16 @@ class Stack:
                 install.ensure_jars(s)
             for cluster in (self.erp, self.crm):
                 with progress.step(f"{cluster.db.title} PostgreSQL on {cluster.db.endpoint}"):
-                    was_running = cluster.pid() is not None
                     cluster.init()
-                    cluster.start()
-                    if not was_running:
-                        started.append(cluster.stop)
+                    _start(cluster, started)
                     cluster.ensure_database()
             if demo:
                 with progress.step("demo data"):
                     progress.note(self.load_demo())
             with progress.step(f"Kafka (KRaft) on {s.kafka}"):
-                if self.kafka.pid() is None:
-                    self.kafka.start()
-                    started.append(self.kafka.stop)
+                _start(self.kafka, started)
             with progress.step(f"Kafka Connect on {s.connect}"):
-                if self.connect.pid() is None:
-                    self.connect.start()
-                    started.append(self.connect.stop)
+                _start(self.connect, started)
             with progress.step("topics"):
                 ensure_topics(s)
             for cluster in (self.erp, self.crm):
@@ -133,9 +141,7 @@ class Stack:
                     wait_streaming(s, self.connect, cluster.db)
             if with_worker:
                 with progress.step(f"ofisync worker, web on {s.web}"):
-                    if self.worker.pid() is None:
-                        self.worker.start()
-                        started.append(self.worker.stop)
+                    _start(self.worker, started)
         except BaseException:
             for stop in reversed(started):
                 try:
