@@ -191,28 +191,22 @@ def test_same_field_on_both_sides_converges_and_is_recorded(erp: str, crm: str) 
         crm_tx.commit()
     eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "convergence")
     assert one(erp, "SELECT telefono FROM clientes WHERE id = %s", (client,)) == "crm-later"
-    recorded = eventually(
+    assert recorded_conflicts(crm, account, "phone") == [("erp-first", "crm-later", "local")]
+    assert recorded_conflicts(erp, client, "telefono") == [("crm-later", "erp-first", "incoming")]
+
+
+def recorded_conflicts(dsn: str, target_key: int, field: str) -> list[tuple[Any, ...]]:
+    """The conflicts one side recorded for a field of one record, once there are any."""
+    return eventually(
         lambda: query(
-            crm,
+            dsn,
             "SELECT incoming_value, local_value, winner FROM ofisync.conflicts"
-            " WHERE target_key = %s AND field = 'phone'",
-            (str(account),),
+            " WHERE target_key = %s AND field = %s",
+            (str(target_key), field),
         ),
         SYNC_WINDOW,
-        "conflict recorded in the CRM",
+        f"conflict on {field} of {target_key} recorded",
     )
-    assert recorded == [("erp-first", "crm-later", "local")]
-    recorded = eventually(
-        lambda: query(
-            erp,
-            "SELECT incoming_value, local_value, winner FROM ofisync.conflicts"
-            " WHERE target_key = %s AND field = 'telefono'",
-            (str(client),),
-        ),
-        SYNC_WINDOW,
-        "conflict recorded in OfiViaje",
-    )
-    assert recorded == [("crm-later", "erp-first", "incoming")]
 
 
 def test_different_fields_edited_on_both_sides_merge(erp: str, crm: str) -> None:
