@@ -53,6 +53,7 @@ def encode(cmd: Command) -> bytes:
             {"field": v.field, "before": v.before, "after": v.after, "changed": v.changed}
             for v in cmd.values
         ],
+        "actor": cmd.actor,
     }
     buf = io.BytesIO()
     buf.write(bytes((MAGIC, version)))
@@ -87,4 +88,5 @@ def decode(data: bytes) -> Command:
         values=tuple(
             FieldValue(v["field"], v["before"], v["after"], v["changed"]) for v in r["values"]
         ),
+        actor=r.get("actor"),
     )

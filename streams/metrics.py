@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
 
@@ -59,5 +59,28 @@ LATENCY = Histogram(
     "Source commit → target commit",
     ["direction"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+PARKED = Gauge(
+    "ofisync_parked",
+    "Changes waiting for their parent to be linked on the target",
+    ["target"],
+    registry=REGISTRY,
+)
+LOCK_VIOLATIONS = Counter(
+    "ofisync_lock_violations_total",
+    "Changes to fields the other side owns, undone and recorded",
+    ["side"],
+    registry=REGISTRY,
+)
+MAPPING_FALLBACKS = Counter(
+    "ofisync_mapping_fallbacks_total",
+    "Values with no mapping that took the header default",
+    ["target", "mapping"],
+    registry=REGISTRY,
+)
+MAPPING_VERSION = Gauge(
+    "ofisync_mapping_changes",
+    "Configuration changes (sellers, branches, defaults) folded into the live mapping",
     registry=REGISTRY,
 )

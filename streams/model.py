@@ -71,14 +71,44 @@ def to_db(kind: Kind, value: Canonical) -> Any:
     return value
 
 
+class Via(StrEnum):
+    """How a field's value crosses: as is, or translated on the way (streams/mapping.py)."""
+
+    SAME = "same"
+    REF = "ref"  # the id of a parent record: resolved through the parent's link column
+    SELLER = "seller"  # vendedores.id ↔ users.username
+    BRANCH = "branch"  # sucursales.id ↔ agencies.id
+    FILE_STATUS = "file_status"  # estado ↔ status vocabularies
+    TICKET_KIND = "ticket_kind"  # avion/tren ↔ flight/train
+    NUMBER = "number"  # the source's own record number, kept on the target as a link number
+
+
 @dataclass(frozen=True)
 class Field:
+    """A pair of corresponding columns. `erp`/`crm` are read on the source side; the target
+    column is the same unless `erp_target`/`crm_target` says otherwise (a NUMBER lands in the
+    target's link-number column)."""
+
     erp: str
     crm: str
     kind: Kind = Kind.TEXT
+    crm_kind: Kind | None = None  # when the CRM column's type differs (SELLER, BRANCH)
+    via: Via = Via.SAME
+    ref: str | None = None  # parent entity name, for Via.REF
+    erp_target: str | None = None
+    crm_target: str | None = None
 
     def name(self, side: Side) -> str:
+        """The column read on `side` when it is the source."""
         return self.erp if side is Side.ERP else self.crm
+
+    def column(self, side: Side) -> str:
+        """The column written on `side` when it is the target."""
+        target = self.erp_target if side is Side.ERP else self.crm_target
+        return target or self.name(side)
+
+    def kind_on(self, side: Side) -> Kind:
+        return self.crm_kind or self.kind if side is Side.CRM else self.kind
 
 
 @dataclass(frozen=True)
@@ -89,17 +119,44 @@ class Entity:
     erp_table: str
     crm_table: str
     erp_link: str  # column of the ERP row holding the CRM id
-    crm_link: str  # column of the CRM row holding the ERP id
+    crm_link: str | None  # column of the CRM row holding the ERP id (None: not linked back)
     fields: tuple[Field, ...]
     # The ERP check box that opts a record in; None: every record syncs.
     erp_opt_in: str | None = None
+    # Sides whose changes are captured and sent to the other side.
+    sources: tuple[Side, ...] = (Side.ERP, Side.CRM)
+    # The side that owns the synced fields once the record is linked: the other side's
+    # changes to them are undone (a lock), and its value wins any conflict.
+    owner: Side | None = None
+    # Each side's own record number, and the column where the other side keeps it.
+    erp_number: str | None = None
+    crm_number: str | None = None
+    erp_link_number: str | None = None
+    crm_link_number: str | None = None
+    # A record the sync created on OfiViaje carries these values, and later changes reach it
+    # only while they still hold (a placeholder ticket that became a real one is left alone).
+    erp_marker: tuple[tuple[str, str], ...] = ()
 
     def table(self, side: Side) -> str:
         return self.erp_table if side is Side.ERP else self.crm_table
 
-    def link(self, side: Side) -> str:
+    def link(self, side: Side) -> str | None:
         """The column on `side`'s table that holds the other side's id."""
         return self.erp_link if side is Side.ERP else self.crm_link
+
+    def number(self, side: Side) -> str | None:
+        return self.erp_number if side is Side.ERP else self.crm_number
+
+    def link_number(self, side: Side) -> str | None:
+        """The column on `side`'s table that keeps the other side's record number."""
+        return self.erp_link_number if side is Side.ERP else self.crm_link_number
+
+    def marker(self, side: Side) -> dict[str, str]:
+        return dict(self.erp_marker) if side is Side.ERP else {}
+
+    @property
+    def parent(self) -> Field | None:
+        return next((f for f in self.fields if f.via is Via.REF), None)
 
 
 CLIENT = Entity(
@@ -126,12 +183,72 @@ CLIENT = Entity(
     erp_opt_in="sincronizar_crm",
 )
 
-ENTITIES: Mapping[str, Entity] = {e.name: e for e in (CLIENT,)}
+# CRM-own columns of a file (stage, priority, next_follow_up, crm_notes, lead_source) are in
+# no Field: they never cross, so nothing can overwrite them.
+FILE = Entity(
+    name="file",
+    erp_table="expedientes",
+    crm_table="files",
+    erp_link="crm_id",
+    crm_link="erp_id",
+    fields=(
+        Field("cliente_id", "account_id", Kind.INT, via=Via.REF, ref="client"),
+        Field(
+            "numero",
+            "file_number",
+            via=Via.NUMBER,
+            erp_target="crm_numero",
+            crm_target="erp_number",
+        ),
+        Field("vendedor_id", "owner_username", Kind.INT, Kind.TEXT, via=Via.SELLER),
+        Field("sucursal_id", "agency_id", Kind.INT, Kind.TEXT, via=Via.BRANCH),
+        Field("descripcion", "title"),
+        Field("destino", "destination"),
+        Field("fecha_salida", "departure_date", Kind.DATE),
+        Field("fecha_regreso", "return_date", Kind.DATE),
+        Field("pasajeros", "travellers", Kind.INT),
+        Field("importe_total", "total_amount", Kind.DECIMAL),
+        Field("estado", "status", via=Via.FILE_STATUS),
+    ),
+    owner=Side.ERP,
+    erp_number="numero",
+    crm_number="file_number",
+    erp_link_number="crm_numero",
+    crm_link_number="erp_number",
+)
+
+# A CRM segment becomes a placeholder ticket (billete) in OfiViaje; nothing goes back.
+SEGMENT = Entity(
+    name="segment",
+    erp_table="billetes",
+    crm_table="segments",
+    erp_link="crm_trayecto_id",
+    crm_link=None,
+    fields=(
+        Field("expediente_id", "file_id", Kind.INT, via=Via.REF, ref="file"),
+        Field("tipo", "kind", via=Via.TICKET_KIND),
+        Field("origen", "origin"),
+        Field("destino", "destination"),
+        Field("fecha_salida", "departure_at", Kind.TIMESTAMP),
+        Field("transportista", "carrier"),
+        Field("numero_servicio", "service_number"),
+        Field("pasajero", "passenger_name"),
+        Field("importe", "fare", Kind.DECIMAL),
+    ),
+    sources=(Side.CRM,),
+    erp_marker=(("origen_registro", "crm"),),
+)
+
+ENTITIES: Mapping[str, Entity] = {e.name: e for e in (CLIENT, FILE, SEGMENT)}
+
+# A ticket captured from a PNR (billetes.origen_registro = 'pnr') makes the file's
+# placeholders redundant; see rules.pnr_capture.
+PNR_TABLE = "billetes"
 
 
 def entity_for_table(side: Side, table: str) -> Entity | None:
     for e in ENTITIES.values():
-        if e.table(side) == table:
+        if e.table(side) == table and side in e.sources:
             return e
     return None
 
@@ -167,6 +284,14 @@ class ChangeEvent:
 class CommandOp(StrEnum):
     UPSERT = "upsert"
     DELETE = "delete"
+    # Undo a change the source side may not make (a lock): the record is written back on the
+    # source side itself from its owner's current values.
+    RESTORE = "restore"
+    # A real ticket was captured: the file's placeholder tickets on the same side go to 0.
+    ZERO_PLACEHOLDERS = "zero_placeholders"
+
+
+SELF_TARGETED = (CommandOp.RESTORE, CommandOp.ZERO_PLACEHOLDERS)
 
 
 @dataclass(frozen=True)
@@ -192,10 +317,11 @@ class Command:
     commit_us: int
     full: bool  # create / opt-in / snapshot: every field, no before-image check
     values: tuple[FieldValue, ...]
+    actor: str | None = None  # who made the source change, when known (lock violations)
 
     @property
     def target(self) -> Side:
-        return self.source.other
+        return self.source if self.op in SELF_TARGETED else self.source.other
 
     @property
     def kafka_key(self) -> bytes:
@@ -203,3 +329,6 @@ class Command:
 
     def changed(self) -> tuple[FieldValue, ...]:
         return tuple(v for v in self.values if v.changed or self.full)
+
+    def value(self, field_name: str) -> FieldValue | None:
+        return next((v for v in self.values if v.field == field_name), None)

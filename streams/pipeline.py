@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from streams.decode import DecodeError, Ignored, decode
 from streams.model import ChangeEvent, Command, entity_for_table
-from streams.rules import Invalid, Skip, to_command
+from streams.rules import Invalid, Skip, pnr_capture, to_command
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ def route(topic: str, key: bytes | None, value: bytes | None, tenant: str) -> Ou
         return event
     if event.origin is not None:
         return Echo(event)
+    zero = pnr_capture(event)
+    if zero is not None:
+        return zero
     entity = entity_for_table(event.source, event.table)
     if entity is None:
         return Ignored(f"{event.source.value} table {event.table} feeds no command")

@@ -6,10 +6,11 @@ import contextlib
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streams.model import ENTITIES, Side
+from streams.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES
+from streams.model import ENTITIES, PNR_TABLE, Side
 from streams.settings import Settings
 
 PARTITIONS = 4
@@ -45,7 +46,16 @@ class Topics:
         return f"{self.tenant}.dlq"
 
     def captured_entities(self) -> list[str]:
-        return [self.capture(side, e.table(side)) for e in ENTITIES.values() for side in Side]
+        """What the capture agent reads: every synced table, and the tickets (PNR captures)."""
+        names = [self.capture(side, e.table(side)) for e in ENTITIES.values() for side in e.sources]
+        return sorted({*names, self.capture(Side.ERP, PNR_TABLE)})
+
+    def configuration(self) -> list[str]:
+        """What the mapping feed folds: the mapping and header-default tables of both sides."""
+        return [
+            *(self.capture(Side.ERP, t) for t in ERP_CONFIG_TABLES),
+            *(self.capture(Side.CRM, t) for t in CRM_CONFIG_TABLES),
+        ]
 
     def all(self) -> list[str]:
         return [
@@ -56,18 +66,35 @@ class Topics:
         ]
 
 
+# The configuration topics are read from the start by every worker (streams/feed.py), so they
+# keep each row's newest change forever instead of expiring after the retention time.
+COMPACTED = {"cleanup.policy": "compact"}
+
+
 def ensure_topics(settings: Settings, partitions: int = PARTITIONS) -> None:
-    names = Topics(settings.tenant).all()
+    topics = Topics(settings.tenant)
+    compacted = set(topics.configuration())
     admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka), client_id="ofisync-topics")
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
-            for name in names
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs=COMPACTED if name in compacted else {},
+            )
+            for name in topics.all()
             if name not in existing
         ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
+        older = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs=COMPACTED)
+            for name in sorted(compacted & existing)
+        ]
+        if older:
+            admin.alter_configs(older)
     finally:
         admin.close()

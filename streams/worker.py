@@ -2,7 +2,9 @@
 
 capture agent: captured changes (both databases) → `pipeline.route` → commands on
 `<tenant>.to-erp` / `<tenant>.to-crm`, bad input to `<tenant>.dlq`.
-apply agents: commands → `Sink.apply` on the target database.
+apply agents: commands → `Sink.apply` on the target database, translated with the live mapping
+that the mapping feed folds from the configuration topics (streams/feed.py).
+release task: parked changes → `Sink.release` when a parent gets linked or a back-off runs out.
 
 Faust acks a `take_events` batch when the body moves on, even after an exception or a
 cancellation, so the bodies never raise: unreachable databases are retried in place (offsets
@@ -17,11 +19,13 @@ it came from is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -30,7 +34,9 @@ from prometheus_client import generate_latest
 from streams import codec, metrics
 from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
+from streams.feed import MappingFeed
 from streams.model import Command, Side
+from streams.parking import ParentKey
 from streams.pipeline import Echo, route
 from streams.rules import Invalid, Skip
 from streams.settings import Settings
@@ -43,6 +49,7 @@ CAPTURE_BATCH = 2000
 APPLY_BATCH = 500
 BATCH_WINDOW_S = 0.01
 MAX_BACKOFF_S = 15.0
+RELEASE_EVERY_S = 0.5
 
 
 def _raw_topic(app: faust.App, *names: str) -> Any:
@@ -119,6 +126,17 @@ class SyncWorker(faust.Worker):
         os._exit(0)
 
 
+@dataclass(frozen=True)
+class ParkedOrigin:
+    """Where a released parked change came from, in place of its long-committed message."""
+
+    key: bytes
+    value: bytes
+    topic: str = "ofisync.parked"
+    partition: int = -1
+    offset: int = -1
+
+
 class DeadLetters:
     """Sends what cannot be processed to the dead-letter topic, with the reason and the bytes."""
 
@@ -169,10 +187,14 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     state = {"state": "starting"}
     dead = DeadLetters(_raw_topic(app, topics.dead_letters))
     command_topics = {side: _raw_topic(app, topics.commands(side)) for side in Side}
+    feed = MappingFeed(str(settings.kafka), topics.configuration(), settings.tenant)
     sinks = {
-        Side.ERP: Sink(Side.ERP, settings.erp.dsn, settings.crm.dsn, policy),
-        Side.CRM: Sink(Side.CRM, settings.crm.dsn, settings.erp.dsn, policy),
+        Side.ERP: Sink(Side.ERP, settings.erp.dsn, settings.crm.dsn, policy, lambda: feed.mapping),
+        Side.CRM: Sink(Side.CRM, settings.crm.dsn, settings.erp.dsn, policy, lambda: feed.mapping),
     }
+    # Parents linked by a batch, for each sink's release task to pick up at once.
+    linked: dict[Side, list[ParentKey]] = {side: [] for side in Side}
+    wake = {side: asyncio.Event() for side in Side}
 
     @app.agent(_raw_topic(app, *topics.captured_entities()))
     async def capture(stream: Any) -> None:
@@ -211,6 +233,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
 
         async def apply(stream: Any) -> None:
             async for events in stream.take_events(APPLY_BATCH, BATCH_WINDOW_S):
+                await feed.ready.wait()  # translate with the whole mapping, never half of it
                 async with in_flight.batch():
                     await _apply_batch(sink, [e.message for e in events])
 
@@ -227,18 +250,28 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         if not commands:
             return
         result = await _apply_with_retry(sink, [c for c, _ in commands])
-        _count(sink.target, result)
-        by_cmd = {id(c): m for c, m in commands}
-        for cmd, reason in result.dead:
-            await dead.send("apply", reason, by_cmd[id(cmd)])
+        await _settle(sink.target, result, {id(c): m for c, m in commands})
 
-    async def _apply_with_retry(sink: Sink, batch: list[Command]) -> BatchResult:
+    async def _settle(target: Side, result: BatchResult, messages: dict[int, Any]) -> None:
+        """Counts a batch's outcome, dead-letters what failed and wakes the release tasks."""
+        _count(target, result)
+        for cmd, reason in result.dead:
+            origin = messages.get(id(cmd)) or ParkedOrigin(cmd.kafka_key, codec.encode(cmd))
+            await dead.send("apply", reason, origin)
+        if result.linked:
+            for side in Side:
+                linked[side] += result.linked
+                wake[side].set()
+
+    async def _apply_with_retry(
+        sink: Sink, batch: list[Command], parked: dict[int, int] | None = None
+    ) -> BatchResult:
         """Applies `batch`, waiting out an unreachable database. A batch that fails for any
         other reason is applied command by command, so only the failing one is dead-lettered."""
         backoff = 0.2
         while True:
             try:
-                return await sink.apply(batch)
+                return await sink.apply(batch, parked)
             except TransientError as exc:
                 metrics.RETRIES.labels(sink.target.value).inc()
                 log.warning(
@@ -254,7 +287,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
                 log.exception("apply to %s failed; retrying one by one", sink.target.value)
                 total = BatchResult()
                 for cmd in batch:
-                    total.absorb(await _apply_with_retry(sink, [cmd]))
+                    total.absorb(await _apply_with_retry(sink, [cmd], parked))
                 return total
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -268,9 +301,52 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         metrics.DUPLICATES.labels(target.value).inc(result.duplicates)
         metrics.NOOPS.labels(target.value).inc(result.noops)
         metrics.CONFLICTS.labels(target.value).inc(result.conflicts)
+        metrics.LOCK_VIOLATIONS.labels(target.value).inc(result.lock_violations)
+        for via, reason in result.fallbacks:
+            metrics.MAPPING_FALLBACKS.labels(target.value, via.value).inc()
+            log.warning("mapping fallback on %s: %s; used the header default", target.value, reason)
 
     for side in Side:
         apply_agent(side)
+
+    def release_task(target: Side) -> None:
+        sink = sinks[target]
+
+        async def release() -> None:
+            await feed.ready.wait()
+            last_count = 0.0
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake[target].wait(), RELEASE_EVERY_S)
+                wake[target].clear()
+                parents, linked[target] = linked[target], []
+                async with in_flight.batch():
+                    rows = await _release_with_retry(sink, parents)
+                    if rows is not None:
+                        await _settle(target, rows, {})
+                if time.monotonic() - last_count > 5:
+                    last_count = time.monotonic()
+                    with contextlib.suppress(TransientError):
+                        metrics.PARKED.labels(target.value).set(await sink.parked_count())
+
+        release.__name__ = f"release_to_{target.value}"
+        app.task(release)
+
+    async def _release_with_retry(sink: Sink, parents: list[ParentKey]) -> BatchResult | None:
+        try:
+            due = await sink.due(parents)
+        except TransientError as exc:
+            log.warning("%s database unreachable (%s); parked changes wait", sink.target.value, exc)
+            return None
+        if not due:
+            return None
+        batch = [cmd for _, cmd in due]
+        return await _apply_with_retry(sink, batch, {id(cmd): pid for pid, cmd in due})
+
+    for side in Side:
+        release_task(side)
+
+    app.task(feed.run)
 
     @app.task  # type: ignore[untyped-decorator]
     async def started() -> None:
@@ -281,7 +357,12 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return web.json(state)
+        return web.json(state | {"mapping_loaded": feed.ready.is_set()})
+
+    @app.page("/mapping")
+    async def mapping_page(web: Any, request: Any) -> Any:
+        metrics.MAPPING_VERSION.set(feed.mapping.version)
+        return web.json(feed.mapping.as_json())
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS ofisync.conflicts (
     winner text NOT NULL            -- 'incoming' or 'local'
 );
 
--- Attempts to change a field that the other side owns.
+-- Attempts to change a field that the other side owns (recorded on the side where the
+-- attempt was made, when the field is restored). One row per change and field: a redelivered
+-- change records nothing twice.
 CREATE TABLE IF NOT EXISTS ofisync.lock_violations (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     detected_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -59,10 +61,34 @@ CREATE TABLE IF NOT EXISTS ofisync.lock_violations (
     restored_value text,
     attempted_by text
 );
+ALTER TABLE ofisync.lock_violations ADD COLUMN IF NOT EXISTS source_lsn bigint;
+CREATE UNIQUE INDEX IF NOT EXISTS lock_violations_once
+    ON ofisync.lock_violations (entity, record_key, field, source_lsn);
+
+-- Changes that wait for their parent (a file for its client, a ticket for its file) to be
+-- linked on this side. Never dropped: retried with back-off, and at once when a parent is
+-- linked; a later change of the same record waits behind the earlier one.
+CREATE TABLE IF NOT EXISTS ofisync.parked (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parked_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    source text NOT NULL,
+    entity text NOT NULL,
+    source_key text NOT NULL,
+    lsn bigint NOT NULL,
+    parent_entity text,
+    parent_key text,             -- the parent's id on the change's source side
+    waiting_for text NOT NULL,   -- in words, for people
+    command bytea NOT NULL,      -- the encoded command (streams/codec.py)
+    attempts int NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (source, entity, source_key, lsn)
+);
+CREATE INDEX IF NOT EXISTS parked_parent ON ofisync.parked (parent_entity, parent_key);
 
 -- On every write to a synced table: copy the writer's origin into the row, so decode can drop
--- the sync's own writes exactly (no echoes); and for local writes, stamp the changed fields'
--- clocks with this transaction's id. The sink sets `ofisync.origin` with SET LOCAL.
+-- the sync's own writes exactly (no echoes); for local writes, name the writer (database user
+-- and application name, for the lock-violation record) and stamp the changed fields' clocks
+-- with this transaction's id. The sink sets `ofisync.origin` with SET LOCAL.
 CREATE OR REPLACE FUNCTION ofisync.on_write() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     writer text := nullif(current_setting('ofisync.origin', true), '');
@@ -70,6 +96,9 @@ DECLARE
     new_row jsonb;
 BEGIN
     NEW.ofisync_origin := writer;
+    NEW.ofisync_writer := CASE WHEN writer IS NULL THEN
+        session_user || coalesce('/' || nullif(current_setting('application_name', true), ''), '')
+    END;
     IF writer IS NULL AND TG_OP = 'UPDATE' THEN
         new_row := to_jsonb(NEW);
         SELECT jsonb_object_agg(n.key, 'x:' || (txid_current() % 4294967296)::text)
@@ -94,6 +123,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_origin text', p_table);
     EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_deleted_at timestamptz',
                    p_table);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_writer text', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS ofisync_on_write ON %s', p_table);
     EXECUTE format('CREATE TRIGGER ofisync_on_write BEFORE INSERT OR UPDATE ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION ofisync.on_write(%L)', p_table, p_pk);

@@ -10,6 +10,6 @@ SELECT ofisync.track('documents');
 CREATE OR REPLACE FUNCTION ofisync.published_tables() RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT 'public.accounts, public.files, public.segments, public.agencies, public.users, '
         || 'public.documents (id, file_id, doc_type, filename, mime_type, erp_document_id, '
-        || 'uploaded_at, ofisync_origin, ofisync_deleted_at), '
+        || 'uploaded_at, ofisync_origin, ofisync_deleted_at, ofisync_writer), '
         || 'ofisync.heartbeat'
 $$;

@@ -5,14 +5,40 @@ SELECT ofisync.track('expedientes');
 SELECT ofisync.track('billetes');
 SELECT ofisync.track('documentos');
 
+-- The agency's choice: when real tickets are captured from a PNR, set the file's placeholder
+-- tickets (made from CRM segments) to 0 automatically. Off by default: the agency may prefer
+-- to do it by hand.
+ALTER TABLE public.config_crm
+    ADD COLUMN IF NOT EXISTS ofisync_zero_placeholders boolean NOT NULL DEFAULT false;
+
+-- Numbers of files created from the CRM: the year, then a sequence marked C (from the CRM),
+-- so they never collide with OfiViaje's own numbering.
+CREATE SEQUENCE IF NOT EXISTS ofisync.file_number_seq;
+CREATE OR REPLACE FUNCTION ofisync.next_file_number() RETURNS text LANGUAGE sql AS $$
+    SELECT to_char(current_date, 'YYYY') || '/C' || lpad(nextval('ofisync.file_number_seq')::text, 5, '0')
+$$;
+
+-- Files that hold both placeholder tickets with an amount and tickets captured from a PNR:
+-- the placeholders should be 0 (automatic when config_crm.ofisync_zero_placeholders is on).
+CREATE OR REPLACE VIEW ofisync.files_with_placeholders_and_pnr AS
+    SELECT e.id AS expediente_id, e.numero,
+           count(*) FILTER (WHERE b.origen_registro = 'crm') AS placeholders,
+           sum(b.importe) FILTER (WHERE b.origen_registro = 'crm') AS placeholder_amount,
+           count(*) FILTER (WHERE b.origen_registro = 'pnr') AS pnr_tickets
+    FROM public.expedientes e JOIN public.billetes b ON b.expediente_id = e.id
+    GROUP BY e.id, e.numero
+    HAVING count(*) FILTER (WHERE b.origen_registro = 'pnr') > 0
+       AND coalesce(sum(b.importe) FILTER (WHERE b.origen_registro = 'crm'), 0) <> 0;
+
 -- What Debezium may read: the synced tables, the mapping/config tables that feed the rules,
 -- and the heartbeat. Document content and the CRM password are left out by column lists
 -- (which PostgreSQL allows only on tables with the default replica identity).
 CREATE OR REPLACE FUNCTION ofisync.published_tables() RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT 'public.clientes, public.expedientes, public.billetes, public.sucursales, '
         || 'public.vendedores, '
-        || 'public.config_crm (id, usuario, sucursal_id, vendedor_id, tipo_expediente, serie), '
+        || 'public.config_crm (id, usuario, sucursal_id, vendedor_id, tipo_expediente, serie, '
+        || 'ofisync_zero_placeholders), '
         || 'public.documentos (id, expediente_id, tipo, nombre_fichero, mime, estado_sync, '
-        || 'crm_documento_id, error_sync, ofisync_origin, ofisync_deleted_at), '
+        || 'crm_documento_id, error_sync, ofisync_origin, ofisync_deleted_at, ofisync_writer), '
         || 'ofisync.heartbeat'
 $$;

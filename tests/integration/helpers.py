@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from streams.settings import Settings
 
@@ -99,3 +99,31 @@ def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, i
         return dict(consumer.end_offsets(parts))
     finally:
         consumer.close()
+
+
+def settled(settings: Settings, topics: list[str]) -> dict[Any, int]:
+    """Waits until nothing new arrives on `topics` for 2 s; returns their end offsets."""
+    last: dict[Any, int] = {}
+    stable_since = time.monotonic()
+
+    def probe() -> dict[Any, int] | None:
+        nonlocal last, stable_since
+        now = end_offsets(settings, topics)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+            return None
+        return now if time.monotonic() - stable_since > 2.0 else None
+
+    return eventually(probe, 30, "topics settle")
+
+
+def worker_lag(settings: Settings) -> int:
+    """Messages the worker group has not committed yet, over every topic it reads."""
+    admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka))
+    try:
+        group = settings.worker_group
+        committed = admin.list_group_offsets({group: None})[group]
+    finally:
+        admin.close()
+    ends = end_offsets(settings, sorted({tp.topic for tp in committed}))
+    return sum(ends[tp] - om.offset for tp, om in committed.items() if tp in ends)

@@ -9,8 +9,7 @@ from typing import Any
 from streams.stack.kafka import jvm
 from streams.stack.orchestrate import Stack
 from streams.topics import Topics
-from tests.integration.helpers import eventually, ofisync
-from tests.integration.test_clients import _settled
+from tests.integration.helpers import eventually, ofisync, settled
 
 
 def kafka_tool_lag(stack: Stack, group: str) -> dict[tuple[str, int], tuple[int, int, int]]:
@@ -43,7 +42,7 @@ def kafka_tool_lag(stack: Stack, group: str) -> dict[tuple[str, int], tuple[int,
 
 
 def test_lag_agrees_with_kafka_s_consumer_group_tool(stack: Stack) -> None:
-    _settled(stack, Topics(stack.settings.tenant).all())
+    settled(stack.settings, Topics(stack.settings.tenant).all())
 
     def drained() -> dict[str, Any] | None:
         report: dict[str, Any] = json.loads(ofisync("lag", "--json").stdout)

@@ -7,8 +7,18 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.model import CLIENT, ChangeEvent, Command, CommandOp, Op, Side
-from streams.rules import Invalid, Skip, to_command
+from streams.model import (
+    CLIENT,
+    FILE,
+    SEGMENT,
+    ChangeEvent,
+    Command,
+    CommandOp,
+    Op,
+    Side,
+    entity_for_table,
+)
+from streams.rules import Invalid, Skip, pnr_capture, to_command
 
 ERP_ROW = {f.erp: None for f in CLIENT.fields} | {
     "id": 5,
@@ -105,3 +115,70 @@ def test_mapping_there_and_back_returns_the_original(a: dict[str, Any], b: dict[
     down = to_command(event(Side.CRM, Op.UPDATE, crm_before, crm_after), CLIENT)
     assert isinstance(down, Command)
     assert {v.field: v.after for v in down.values} == {f.erp: after[f.erp] for f in CLIENT.fields}
+
+
+FILE_CRM_ROW = {f.crm: None for f in FILE.fields} | {
+    "id": 30,
+    "account_id": 9,
+    "file_number": "CRM-1",
+    "title": "Lisboa",
+    "travellers": 2,
+    "stage": "lead",
+    "erp_id": 77,
+    "ofisync_writer": "postgres/crm-web",
+}
+
+
+def file_event(op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ChangeEvent:
+    return ChangeEvent(Side.CRM, "public", "files", op, "30", before, after, 500, 600, None)
+
+
+def test_a_crm_edit_of_a_linked_file_restores_the_owned_fields_it_touched() -> None:
+    after = FILE_CRM_ROW | {"title": "Otra", "stage": "won"}
+    cmd = to_command(file_event(Op.UPDATE, FILE_CRM_ROW, after), FILE)
+    assert isinstance(cmd, Command)
+    assert cmd.op is CommandOp.RESTORE and cmd.target is Side.CRM
+    assert [(v.field, v.before, v.after) for v in cmd.values] == [("title", "Lisboa", "Otra")]
+    assert cmd.link_key == "77" and cmd.actor == "postgres/crm-web"
+
+
+def test_a_crm_own_field_change_of_a_linked_file_sends_nothing() -> None:
+    after = FILE_CRM_ROW | {"stage": "won"}
+    assert isinstance(to_command(file_event(Op.UPDATE, FILE_CRM_ROW, after), FILE), Skip)
+
+
+def test_a_crm_file_not_linked_yet_goes_down_normally() -> None:
+    before = FILE_CRM_ROW | {"erp_id": None}
+    cmd = to_command(file_event(Op.UPDATE, before, before | {"title": "Otra"}), FILE)
+    assert isinstance(cmd, Command) and cmd.op is CommandOp.UPSERT and cmd.target is Side.ERP
+    assert [v.field for v in cmd.changed()] == ["descripcion"]
+
+
+def test_a_snapshot_of_a_linked_crm_file_does_not_overwrite_the_owner() -> None:
+    assert isinstance(to_command(file_event(Op.READ, None, FILE_CRM_ROW), FILE), Skip)
+
+
+def test_the_crm_number_lands_in_the_link_number_column() -> None:
+    cmd = to_command(file_event(Op.CREATE, None, FILE_CRM_ROW | {"erp_id": None}), FILE)
+    assert isinstance(cmd, Command)
+    assert cmd.value("crm_numero") is not None and cmd.value("crm_numero").after == "CRM-1"  # type: ignore[union-attr]
+
+
+def ticket(op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ChangeEvent:
+    return ChangeEvent(Side.ERP, "public", "billetes", op, "4", before, after, 700, 800, None)
+
+
+def test_a_captured_pnr_ticket_asks_for_the_placeholders_to_be_zeroed() -> None:
+    row = {"id": 4, "expediente_id": 12, "origen_registro": "pnr", "importe": "10.00"}
+    cmd = pnr_capture(ticket(Op.CREATE, None, row))
+    assert cmd is not None and cmd.op is CommandOp.ZERO_PLACEHOLDERS
+    assert cmd.target is Side.ERP and cmd.values[0].after == 12
+    changed = pnr_capture(ticket(Op.UPDATE, row | {"origen_registro": "manual"}, row))
+    assert changed is not None
+    assert pnr_capture(ticket(Op.UPDATE, row, row | {"importe": "11.00"})) is None
+    assert pnr_capture(ticket(Op.CREATE, None, row | {"origen_registro": "crm"})) is None
+
+
+def test_segments_flow_from_the_crm_only() -> None:
+    assert entity_for_table(Side.CRM, "segments") is SEGMENT
+    assert entity_for_table(Side.ERP, "billetes") is None

@@ -1,0 +1,110 @@
+"""Translate (apply stage): a command's source values in the target's terms.
+
+Parent ids are looked up through the parent's link column in the target database (in the
+batch's own transaction, so a parent applied earlier in the batch is found); an unlinked parent
+makes the change wait (parked). Sellers, branches and vocabularies go through the live
+`Mapping`; a value with no mapping takes the header default, and the fallback is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from streams.mapping import Mapping
+from streams.model import ENTITIES, Canonical, Command, Entity, Field, Kind, Side, Via
+from streams.parking import Waiting
+
+
+@dataclass(frozen=True)
+class Translated:
+    """A field's values in the target's terms, and the target column they go to."""
+
+    column: str
+    kind: Kind
+    via: Via
+    before: Canonical
+    after: Canonical
+
+
+class Translator:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], target: Side, mapping: Mapping) -> None:
+        self.conn = conn
+        self.target = target
+        self.mapping = mapping
+        self.fallbacks: list[tuple[Via, str]] = []  # (what was mapped, why it fell back)
+
+    async def command_values(
+        self, entity: Entity, cmd: Command, only_changed: bool
+    ) -> list[Translated] | Waiting:
+        by_column = {f.column(self.target): f for f in entity.fields}
+        out = []
+        for v in cmd.changed() if only_changed else cmd.values:
+            f = by_column.get(v.field)
+            if f is None:
+                continue
+            after = await self._value(f, v.after, report=True)
+            if isinstance(after, Waiting):
+                return after
+            before = None if cmd.full else await self._value(f, v.before, report=False)
+            if isinstance(before, Waiting):
+                before = None
+            out.append(Translated(v.field, f.kind_on(self.target), f.via, before, after))
+        return out
+
+    async def owner_values(
+        self, entity: Entity, owner_row: dict[str, Canonical]
+    ) -> dict[str, Translated]:
+        """The owner's current values of a record, as this side should hold them."""
+        owner = self.target.other
+        out = {}
+        for f in entity.fields:
+            if f.via is Via.NUMBER:
+                continue
+            value = await self._value(f, owner_row.get(f.name(owner)), report=False)
+            if isinstance(value, Waiting):
+                continue
+            column = f.column(self.target)
+            out[column] = Translated(column, f.kind_on(self.target), f.via, None, value)
+        return out
+
+    async def _value(self, f: Field, value: Canonical, report: bool) -> Canonical | Waiting:
+        if f.via is Via.REF:
+            return await self._parent(f, value)
+        if f.via in (Via.SAME, Via.NUMBER):
+            return value
+        mapped = self.mapping.translate(f.via, value, self.target)
+        if report and mapped.fallback and (f.via, mapped.fallback) not in self.fallbacks:
+            self.fallbacks.append((f.via, mapped.fallback))
+        return mapped.value
+
+    async def _parent(self, f: Field, source_id: Canonical) -> Canonical | Waiting:
+        if source_id is None:
+            return None
+        assert f.ref is not None
+        parent = ENTITIES[f.ref]
+        link = parent.link(self.target)
+        assert link is not None
+        cur = await self.conn.execute(
+            sql.SQL("SELECT id FROM {} WHERE {} = %s").format(
+                sql.Identifier(parent.table(self.target)), sql.Identifier(link)
+            ),
+            (int(source_id),),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            return int(row[0])
+        source = self.target.other
+        return Waiting(
+            parent.name,
+            str(source_id),
+            f"{parent.name} {source_id} of {_title(source)} is not linked in {_title(self.target)}"
+            " yet",
+        )
+
+
+def _title(side: Side) -> str:
+    return "OfiViaje" if side is Side.ERP else "the CRM"
