@@ -38,9 +38,10 @@ from streams.feed import MappingFeed
 from streams.model import Command, Side
 from streams.parking import ParentKey
 from streams.pipeline import Echo, route
+from streams.rows import BatchResult
 from streams.rules import Invalid, Skip
 from streams.settings import Settings
-from streams.sink import BatchResult, Sink, TransientError
+from streams.sink import Sink, TransientError
 from streams.topics import Topics, ensure_topics
 
 log = logging.getLogger("ofisync.worker")
