@@ -778,7 +778,8 @@ def _write_erp(cur: _Cursor, demo: DemoData) -> None:
         cur,
         "documentos",
         ("expediente_id", "tipo", "nombre_fichero", "mime", "contenido", "estado_sync"),
-        [(eid, t, name, "application/pdf", content, "P")
+        # Every bono (voucher) is marked for the CRM, so the demo shows uploads (G → O).
+        [(eid, t, name, "application/pdf", content, "G" if t == "bono" else "P")
          for eid, f in zip(expediente_ids, files, strict=True) for t, name, content in f.documents],
     )  # fmt: skip
 

@@ -84,3 +84,9 @@ MAPPING_VERSION = Gauge(
     "Configuration changes (sellers, branches, defaults) folded into the live mapping",
     registry=REGISTRY,
 )
+DOCUMENTS = Gauge(
+    "ofisync_documents",
+    "OfiViaje documents marked for upload (G): waiting, and failing (with an error)",
+    ["state"],
+    registry=REGISTRY,
+)

@@ -136,6 +136,8 @@ class Entity:
     # A record the sync created on OfiViaje carries these values, and later changes reach it
     # only while they still hold (a placeholder ticket that became a real one is left alone).
     erp_marker: tuple[tuple[str, str], ...] = ()
+    # An OfiViaje record crosses (always in full) only while this column holds this value.
+    erp_send_when: tuple[str, str] | None = None
 
     def table(self, side: Side) -> str:
         return self.erp_table if side is Side.ERP else self.crm_table
@@ -239,7 +241,25 @@ SEGMENT = Entity(
     erp_marker=(("origen_registro", "crm"),),
 )
 
-ENTITIES: Mapping[str, Entity] = {e.name: e for e in (CLIENT, FILE, SEGMENT)}
+# An OfiViaje document marked G is uploaded to its CRM file (streams/documents.py); its content
+# is read from OfiViaje when the upload applies, never carried in a command.
+DOCUMENT = Entity(
+    name="document",
+    erp_table="documentos",
+    crm_table="documents",
+    erp_link="crm_documento_id",
+    crm_link="erp_document_id",
+    fields=(
+        Field("expediente_id", "file_id", Kind.INT, via=Via.REF, ref="file"),
+        Field("tipo", "doc_type"),
+        Field("nombre_fichero", "filename"),
+        Field("mime", "mime_type"),
+    ),
+    sources=(Side.ERP,),
+    erp_send_when=("estado_sync", "G"),
+)
+
+ENTITIES: Mapping[str, Entity] = {e.name: e for e in (CLIENT, FILE, SEGMENT, DOCUMENT)}
 
 # A ticket captured from a PNR (billetes.origen_registro = 'pnr') makes the file's
 # placeholders redundant; see rules.pnr_capture.

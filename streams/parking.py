@@ -30,8 +30,8 @@ ParentKey = tuple[str, str, str]  # entity, side whose id it is, id
 class Waiting:
     """Why a change cannot apply yet: its parent is not linked on the target."""
 
-    parent_entity: str
-    parent_key: str  # the parent's id on the change's source side
+    parent_entity: str | None  # None: not a parent (a refusal), only back-off retries it
+    parent_key: str | None  # the parent's id on the change's source side
     reason: str
 
 

@@ -44,6 +44,8 @@ class BatchResult:
     links: list[tuple[Command, int, str | None]] = field(default_factory=list)
     opt_ins: list[tuple[Entity, int]] = field(default_factory=list)  # parents to check
     linked: list[ParentKey] = field(default_factory=list)
+    uploaded: list[tuple[int, int]] = field(default_factory=list)  # OfiViaje doc, CRM doc
+    document_notes: list[tuple[int, str]] = field(default_factory=list)  # doc, error_sync
 
     def absorb(self, other: BatchResult) -> None:
         """Adds another result's outcome to this one (applying a batch piece by piece)."""
@@ -58,6 +60,12 @@ class BatchResult:
         self.links += other.links
         self.opt_ins += other.opt_ins
         self.linked += other.linked
+        self.uploaded += other.uploaded
+        self.document_notes += other.document_notes
+
+
+# Errors that retrying the same write cannot fix.
+PERMANENT = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 
 
 @dataclass(frozen=True)
@@ -142,8 +150,8 @@ class Rows:
             return None
         values = await translator.command_values(entity, cmd, only_changed=row is not None)
         if isinstance(values, Waiting):
-            parent = ENTITIES[values.parent_entity]
-            if self.target is Side.CRM and parent.erp_opt_in:
+            parent = ENTITIES[values.parent_entity or entity.name]
+            if self.target is Side.CRM and parent.erp_opt_in and values.parent_key is not None:
                 # OfiViaje must sync the parent first: its box gets checked (see _write_back).
                 result.opt_ins.append((parent, int(values.parent_key)))
             return values

@@ -22,12 +22,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from streams import locks, parking
+from streams import documents, locks, parking
 from streams.conflicts import Policy
 from streams.mapping import Mapping as SyncMapping
-from streams.model import ENTITIES, SELF_TARGETED, Command, CommandOp, Side
+from streams.model import DOCUMENT, ENTITIES, SELF_TARGETED, Command, CommandOp, Side
 from streams.parking import ParentKey, Waiting
-from streams.rows import Applied, BatchResult, Rows, assignments, ident
+from streams.rows import PERMANENT, Applied, BatchResult, Rows, assignments, ident
 from streams.translate import Translator
 
 log = logging.getLogger("ofisync.sink")
@@ -38,7 +38,6 @@ class TransientError(RuntimeError):
 
 
 SYNC_ORIGIN = "sync"
-PERMANENT = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 
 
 class Sink:
@@ -94,7 +93,25 @@ class Sink:
                 return result
             except psycopg.OperationalError as exc:
                 await self._drop_connections()
+                await self._note_unreachable(commands)
                 raise TransientError(str(exc).strip().splitlines()[0]) from exc
+
+    async def _note_unreachable(self, commands: Sequence[Command]) -> None:
+        """Documents that cannot go up now say so in OfiViaje (when OfiViaje is reachable)."""
+        waiting = [
+            int(c.source_key)
+            for c in commands
+            if c.entity == DOCUMENT.name and c.op is CommandOp.UPSERT and self.target is Side.CRM
+        ]
+        if not waiting:
+            return
+        try:
+            conn = await self.source_conn()
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL ofisync.origin = '{SYNC_ORIGIN}'")
+                await documents.write_notes(conn, [(d, documents.CRM_UNREACHABLE) for d in waiting])
+        except psycopg.Error:
+            await self._drop_connections()
 
     async def due(self, parents: Sequence[ParentKey] = ()) -> list[tuple[int, Command]]:
         """The parked changes to try now: parent just linked, or back-off run out."""
@@ -119,6 +136,18 @@ class Sink:
                 await self._drop_connections()
                 raise TransientError(str(exc).strip().splitlines()[0]) from exc
 
+    async def document_backlog(self) -> tuple[int, int]:
+        """OfiViaje documents marked G, and how many of them carry an error (CRM sink)."""
+        async with self._lock:
+            try:
+                conn = await self.source_conn()
+                found = await documents.backlog(conn)
+                await conn.commit()
+                return found
+            except psycopg.OperationalError as exc:
+                await self._drop_connections()
+                raise TransientError(str(exc).strip().splitlines()[0]) from exc
+
     async def _drop_connections(self) -> None:
         for c in (self._conn, self._source_conn):
             if c is not None:
@@ -138,14 +167,14 @@ class Sink:
                 parked_id = parked.get(id(cmd))
                 key = parking.record_key(cmd)
                 if cmd.op in SELF_TARGETED:
-                    work = (
+                    own = (
                         locks.zero_placeholders(conn, cmd, translator.mapping)
                         if cmd.op is CommandOp.ZERO_PLACEHOLDERS
                         else locks.restore(
                             conn, await self.source_conn(), self.rows, translator, cmd, result
                         )
                     )
-                    if await self._guarded(conn, cmd, result, work) is not _DEAD:
+                    if await self._guarded(conn, cmd, result, own) is not _DEAD:
                         result.applied.append(cmd)
                     continue
                 if positions.get(key, -1) >= cmd.lsn:
@@ -163,9 +192,12 @@ class Sink:
                         await parking.park(conn, cmd, None)
                         result.parked += 1
                     continue
-                outcome = await self._guarded(
-                    conn, cmd, result, self.rows.apply_one(conn, translator, cmd, result)
+                work = (
+                    documents.upload(conn, await self.source_conn(), translator, cmd, result)
+                    if cmd.entity == DOCUMENT.name and cmd.op is CommandOp.UPSERT
+                    else self.rows.apply_one(conn, translator, cmd, result)
                 )
+                outcome = await self._guarded(conn, cmd, result, work)
                 if isinstance(outcome, Waiting):
                     waiting.add(key)
                     if parked_id is None:
@@ -199,6 +231,9 @@ class Sink:
         target_id = int(row["id"])
         result.linked += parking.linked_parents(cmd, self.target, target_id)
         entity = ENTITIES[cmd.entity]
+        if entity.erp_send_when is not None:
+            result.uploaded.append((int(cmd.source_key), target_id))
+            return
         if entity.link(cmd.source) is None:
             return
         number_column = entity.number(self.target)
@@ -236,10 +271,10 @@ class Sink:
         return {(r[0], r[1], r[2]): int(r[3]) for r in await cur.fetchall()}
 
     async def _write_back(self, result: BatchResult) -> None:
-        """After the target committed: link ids (and numbers) back into the source rows, as the
-        sync (no echo); and check the box of parents the source must sync first, as a person
-        would (captured, so the parent goes across)."""
-        if not result.links and not result.opt_ins:
+        """After the target committed: link ids (and numbers) back into the source rows and
+        mark uploaded documents, as the sync (no echo); and check the box of parents the source
+        must sync first, as a person would (captured, so the parent goes across)."""
+        if not (result.links or result.opt_ins or result.uploaded or result.document_notes):
             return
         conn = await self.source_conn()
         async with conn.transaction():
@@ -255,6 +290,8 @@ class Sink:
                 )
         async with conn.transaction():
             await conn.execute(f"SET LOCAL ofisync.origin = '{SYNC_ORIGIN}'")
+            await documents.write_notes(conn, result.document_notes)
+            await documents.mark_uploaded(conn, result.uploaded)
             for cmd, target_id, number in result.links:
                 entity = ENTITIES[cmd.entity]
                 source_link = entity.link(cmd.source)

@@ -329,6 +329,10 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
                     last_count = time.monotonic()
                     with contextlib.suppress(TransientError):
                         metrics.PARKED.labels(target.value).set(await sink.parked_count())
+                        if target is Side.CRM:
+                            waiting, failing = await sink.document_backlog()
+                            metrics.DOCUMENTS.labels("waiting").set(waiting)
+                            metrics.DOCUMENTS.labels("failing").set(failing)
 
         release.__name__ = f"release_to_{target.value}"
         app.task(release)

@@ -7,11 +7,13 @@ sync service's own objects (streams/db/sync.sql, streams/db/sync_<side>.sql).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import stat
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -182,18 +184,37 @@ class Cluster:
                         sql.Identifier(self.db.dbname)
                     )
                 )
+        scripts = (f"{self.db.side}.sql", "sync.sql", f"sync_{self.db.side}.sql")
+        version = hashlib.sha256(b"".join(ddl(s) for s in scripts)).hexdigest()
         with psycopg.connect(self.db.dsn, autocommit=True) as conn:
-            for script in (f"{self.db.side}.sql", "sync.sql", f"sync_{self.db.side}.sql"):
-                try:
-                    conn.execute(ddl(script))
-                except psycopg.Error as exc:
-                    raise StackError(
-                        f"applying streams/db/{script} to {self.db.title} failed: {exc}"
-                    ) from exc
-            conn.execute(
-                "SELECT ofisync.publish(%s, ofisync.published_tables())",
-                (self.settings.slot_name(self.db.side),),
-            )
+            # The DDL takes strong locks; on a database the sync is already writing to it could
+            # deadlock, so it runs only when it changed (a new database, an upgrade).
+            if _schema_version(conn) == version:
+                return
+            with conn.transaction():
+                for script in scripts:
+                    try:
+                        conn.execute(ddl(script))
+                    except psycopg.Error as exc:
+                        raise StackError(
+                            f"applying streams/db/{script} to {self.db.title} failed: {exc}"
+                        ) from exc
+                conn.execute(
+                    "SELECT ofisync.publish(%s, ofisync.published_tables())",
+                    (self.settings.slot_name(self.db.side),),
+                )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS ofisync.schema_version (version text NOT NULL)"
+                )
+                conn.execute("DELETE FROM ofisync.schema_version")
+                conn.execute("INSERT INTO ofisync.schema_version VALUES (%s)", (version,))
+
+
+def _schema_version(conn: psycopg.Connection[Any]) -> str | None:
+    if conn.execute("SELECT to_regclass('ofisync.schema_version')").fetchone() == (None,):
+        return None
+    row = conn.execute("SELECT version FROM ofisync.schema_version").fetchone()
+    return None if row is None else str(row[0])
 
 
 def ddl(name: str) -> bytes:

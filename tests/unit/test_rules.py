@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from streams.model import (
     CLIENT,
+    DOCUMENT,
     FILE,
     SEGMENT,
     ChangeEvent,
@@ -182,3 +183,24 @@ def test_a_captured_pnr_ticket_asks_for_the_placeholders_to_be_zeroed() -> None:
 def test_segments_flow_from_the_crm_only() -> None:
     assert entity_for_table(Side.CRM, "segments") is SEGMENT
     assert entity_for_table(Side.ERP, "billetes") is None
+
+
+DOC_ROW = {"id": 8, "expediente_id": 3, "tipo": "bono", "nombre_fichero": "b.pdf",
+           "mime": "application/pdf", "estado_sync": "P", "crm_documento_id": None}  # fmt: skip
+
+
+def doc_event(op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ChangeEvent:
+    return ChangeEvent(Side.ERP, "public", "documentos", op, "8", before, after, 900, 901, None)
+
+
+def test_a_document_goes_up_in_full_only_while_marked_g() -> None:
+    assert isinstance(to_command(doc_event(Op.CREATE, None, DOC_ROW), DOCUMENT), Skip)
+    marked = DOC_ROW | {"estado_sync": "G"}
+    cmd = to_command(doc_event(Op.UPDATE, DOC_ROW, marked), DOCUMENT)
+    assert isinstance(cmd, Command) and cmd.full and cmd.target is Side.CRM
+    assert {v.field for v in cmd.values} == {"file_id", "doc_type", "filename", "mime_type"}
+    # Re-marking an uploaded one sends it again (it replaces the CRM copy).
+    done = DOC_ROW | {"estado_sync": "O", "crm_documento_id": 44}
+    again = to_command(doc_event(Op.UPDATE, done, done | {"estado_sync": "G"}), DOCUMENT)
+    assert isinstance(again, Command) and again.link_key == "44"
+    assert isinstance(to_command(doc_event(Op.UPDATE, marked, done), DOCUMENT), Skip)
