@@ -98,6 +98,128 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from streams.verify import verify
+
+    try:
+        report = verify(settings)
+    except psycopg.OperationalError as exc:
+        raise StackError(
+            f"a database did not answer ({str(exc).strip().splitlines()[0]});"
+            " is the stack up (`ofisync up`)?"
+        ) from exc
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, default=str))
+        return OK if report.clean else PROBLEM
+    pairs = ", ".join(f"{n} {entity}" for entity, n in report.pairs.items())
+    print(f"compared {pairs} linked pairs")
+    for d in report.differences:
+        print(
+            f"✗ {d.entity} erp {d.erp_id} ⇄ crm {d.crm_id}: {d.field}:"
+            f" {d.erp_value!r} ≠ {d.crm_value!r}"
+        )
+    for o in report.one_sided:
+        print(
+            f"✗ {o.entity} linked on the {o.side} side only:"
+            f" {o.side} {o.id} → {o.link}: {o.problem}"
+        )
+    if report.clean:
+        print("✓ no difference")
+    else:
+        print(f"{len(report.differences)} difference(s), {len(report.one_sided)} one-sided link(s)")
+    return OK if report.clean else PROBLEM
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
+    from streams import dlq
+
+    try:
+        letters = dlq.read_all(settings)
+        if args.action == "list":
+            return _dlq_list(letters, args.json)
+        if args.action == "show":
+            found = [d for d in letters if d.id == args.id]
+            if not found:
+                raise StackError(f"no dead letter {args.id!r}; `ofisync dlq list` shows the ids")
+            detail = found[0].summary() | {"original": found[0].original()}
+            print(json.dumps(detail, indent=2, ensure_ascii=False, default=str))
+            return OK
+        chosen = (
+            [d for d in letters if not d.retried]
+            if args.all
+            else [d for d in letters if d.id == args.id]
+        )
+        if not args.all and not chosen:
+            raise StackError(f"no dead letter {args.id!r}; `ofisync dlq list` shows the ids")
+        sent = dlq.retry(
+            settings, chosen, lambda d: print(f"↻ {d.id} sent back to {d.topic}", flush=True)
+        )
+        print(f"{sent} dead letter(s) sent back; any that fail again reappear in `dlq list`")
+        return OK
+    except KafkaError as exc:
+        raise StackError(
+            f"Kafka at {settings.kafka} did not answer ({exc}); is the stack up (`ofisync up`)?"
+        ) from exc
+
+
+def _dlq_list(letters: list[Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([d.summary() for d in letters], indent=2, ensure_ascii=False))
+        return OK
+    waiting = [d for d in letters if not d.retried]
+    for d in letters:
+        mark = "↻" if d.retried else "✗"
+        print(f"{mark} {d.id:<8} {d.stage:<8} {d.topic}[{d.partition}]@{d.offset}: {d.reason}")
+    print(f"{len(waiting)} dead letter(s) waiting, {len(letters) - len(waiting)} retried")
+    return OK
+
+
+def _since_ms(text: str) -> int:
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise StackError(
+            f"--since {text!r} is not an ISO time; write e.g. 2026-11-27T10:30:00Z"
+        ) from exc
+    if when.tzinfo is None:
+        when = when.astimezone()  # the machine's local time
+    return int(when.timestamp() * 1000)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+    from rich.progress import Progress
+
+    from streams.model import Side
+    from streams.replay import ReplayError, replay
+
+    since = _since_ms(args.since)
+    try:
+        with Progress(transient=False) as bar:
+            task = bar.add_task(f"replaying {args.source} changes", total=None)
+
+            def show(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            outcomes = replay(settings, Side(args.source), since, args.entity, show)
+    except ReplayError as exc:
+        raise StackError(str(exc)) from exc
+    except KafkaError as exc:
+        raise StackError(
+            f"Kafka at {settings.kafka} did not answer ({exc}); is the stack up (`ofisync up`)?"
+        ) from exc
+    summary = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())) or "nothing"
+    print(f"replayed {args.source} since {args.since}: {summary}")
+    print("the worker applies them now; `ofisync lag` shows when it has caught up")
+    return OK
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
@@ -110,6 +232,9 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "down": cmd_down,
     "status": cmd_status,
     "lag": cmd_lag,
+    "verify": cmd_verify,
+    "dlq": cmd_dlq,
+    "replay": cmd_replay,
     "worker": cmd_worker,
 }
 
@@ -127,6 +252,25 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     lag = sub.add_parser("lag", help="consumer lag per group/topic/partition and slot WAL")
     lag.add_argument("--json", action="store_true")
+    verify = sub.add_parser("verify", help="compare both databases over every linked pair")
+    verify.add_argument("--json", action="store_true")
+    dlq = sub.add_parser("dlq", help="dead letters: why each failed, and retrying them")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="every dead letter with its reason")
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_sub.add_parser("show", help="one dead letter with its original message").add_argument(
+        "id", help="the id `dlq list` shows (partition:offset)"
+    )
+    dlq_retry = dlq_sub.add_parser("retry", help="send dead letters back once the cause is fixed")
+    which = dlq_retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="the id `dlq list` shows")
+    which.add_argument("--all", action="store_true", help="every dead letter not retried yet")
+    rp = sub.add_parser("replay", help="re-read captured changes since a time and apply again")
+    rp.add_argument("--source", required=True, choices=["erp", "crm"])
+    rp.add_argument(
+        "--since", required=True, help="ISO time, e.g. 2026-11-27T10:30:00Z (no zone: local)"
+    )
+    rp.add_argument("--entity", help="only this record type: client, file, segment, document")
     sub.add_parser("worker", help="run the sync worker in the foreground")
     return p
 

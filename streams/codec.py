@@ -54,6 +54,7 @@ def encode(cmd: Command) -> bytes:
             for v in cmd.values
         ],
         "actor": cmd.actor,
+        "replay": cmd.replay,
     }
     buf = io.BytesIO()
     buf.write(bytes((MAGIC, version)))
@@ -89,4 +90,5 @@ def decode(data: bytes) -> Command:
             FieldValue(v["field"], v["before"], v["after"], v["changed"]) for v in r["values"]
         ),
         actor=r.get("actor"),
+        replay=bool(r.get("replay", False)),
     )

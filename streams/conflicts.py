@@ -5,7 +5,8 @@ current value (a local edit's own commit, or for a synced value its source's com
 A change is concurrent with the target when the target no longer holds the value the source
 had before (the before-image), or when the target's field was set after the source's commit.
 Concurrent changes are conflicts, resolved by policy; the same decision is taken on both sides
-from the same two clocks, so both converge to one value.
+from the same two clocks, so both converge to one value. A replayed change older than the
+target's field is history, not a conflict: it changes nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Incoming:
     after: Canonical
     commit_us: int
     full: bool  # no before-image to compare with (create, opt-in, snapshot)
+    replay: bool = False  # re-sent history (`ofisync replay`)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ def decide(incoming: Incoming, current: Current, policy: Policy) -> Decision:
     if current.value == incoming.after:
         return SAME
     clock = current.clock_us or 0
+    if incoming.replay and clock > incoming.commit_us:
+        return SAME  # history older than the target's value: not a conflict, nothing to do
     concurrent = clock > incoming.commit_us or (
         not incoming.full and current.value != incoming.before
     )

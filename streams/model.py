@@ -18,6 +18,10 @@ from typing import Any
 
 Canonical = str | int | bool | None
 
+# What the sink sets in `ofisync.origin` (copied into `ofisync_origin` by a trigger) so its own
+# writes are recognised when captured: echoes.
+SYNC_ORIGIN = "sync"
+
 EPOCH_DATE = dt.date(1970, 1, 1)
 EPOCH = dt.datetime(1970, 1, 1)
 
@@ -338,6 +342,7 @@ class Command:
     full: bool  # create / opt-in / snapshot: every field, no before-image check
     values: tuple[FieldValue, ...]
     actor: str | None = None  # who made the source change, when known (lock violations)
+    replay: bool = False  # re-sent by `ofisync replay` (streams/replay.py)
 
     @property
     def target(self) -> Side:

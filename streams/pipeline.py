@@ -1,14 +1,19 @@
 """Capture side of the flow in one pure step: a raw captured message → what to do with it.
 
 decode → echo check → rules. The Faust agent only moves bytes in and commands out.
+
+A replay (`ofisync replay`) also re-sends the sync's own writes on the source side (values
+that came from the other side), because the other side may have lost them in a restore;
+they go as ordinary updates marked `replay`, never as lock restores. Writes marked with any
+other origin (a restore, say) are never sent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streams.decode import DecodeError, Ignored, decode
-from streams.model import ChangeEvent, Command, entity_for_table
+from streams.model import SELF_TARGETED, SYNC_ORIGIN, ChangeEvent, Command, entity_for_table
 from streams.rules import Invalid, Skip, pnr_capture, to_command
 
 
@@ -22,16 +27,24 @@ class Echo:
 Outcome = Command | Skip | Invalid | DecodeError | Ignored | Echo
 
 
-def route(topic: str, key: bytes | None, value: bytes | None, tenant: str) -> Outcome:
+def route(
+    topic: str, key: bytes | None, value: bytes | None, tenant: str, replay: bool = False
+) -> Outcome:
     event = decode(topic, key, value, tenant)
     if not isinstance(event, ChangeEvent):
         return event
-    if event.origin is not None:
+    echo = event.origin is not None
+    if echo and not (replay and event.origin == SYNC_ORIGIN):
         return Echo(event)
-    zero = pnr_capture(event)
+    zero = None if echo else pnr_capture(event)
     if zero is not None:
-        return zero
+        return replace(zero, replay=replay)
     entity = entity_for_table(event.source, event.table)
     if entity is None:
         return Ignored(f"{event.source.value} table {event.table} feeds no command")
-    return to_command(event, entity)
+    outcome = to_command(event, entity)
+    if not isinstance(outcome, Command) or not replay:
+        return outcome
+    if echo and outcome.op in SELF_TARGETED:
+        return Echo(event)  # the sync's own restore: nothing was attempted
+    return replace(outcome, replay=True)

@@ -248,7 +248,7 @@ class Rows:
         updates: dict[str, Any] = {}
         for v in values:
             current = Current(canonical(v.kind, row[v.column]), clocks.get(v.column))
-            incoming = Incoming(cmd.source, v.before, v.after, cmd.commit_us, cmd.full)
+            incoming = Incoming(cmd.source, v.before, v.after, cmd.commit_us, cmd.full, cmd.replay)
             decision = decide(incoming, current, policy)
             if decision.conflict:
                 result.conflicts += 1

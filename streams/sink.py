@@ -25,7 +25,15 @@ from psycopg import sql
 from streams import documents, locks, parking
 from streams.conflicts import Policy
 from streams.mapping import Mapping as SyncMapping
-from streams.model import DOCUMENT, ENTITIES, SELF_TARGETED, Command, CommandOp, Side
+from streams.model import (
+    DOCUMENT,
+    ENTITIES,
+    SELF_TARGETED,
+    SYNC_ORIGIN,
+    Command,
+    CommandOp,
+    Side,
+)
 from streams.parking import ParentKey, Waiting
 from streams.rows import PERMANENT, Applied, BatchResult, Rows, assignments, ident
 from streams.translate import Translator
@@ -35,9 +43,6 @@ log = logging.getLogger("ofisync.sink")
 
 class TransientError(RuntimeError):
     """The database cannot be reached now; retry the whole batch later."""
-
-
-SYNC_ORIGIN = "sync"
 
 
 class Sink:

@@ -76,3 +76,15 @@ def test_two_concurrent_edits_converge(
     crm_final = erp_value if at_crm else crm_value
     erp_final = crm_value if at_erp else erp_value
     assert crm_final == erp_final
+
+
+def test_a_replayed_value_older_than_the_target_is_history_not_a_conflict() -> None:
+    old = Incoming(Side.ERP, "a", "b", commit_us=100, full=False, replay=True)
+    newer = Current("c", clock_us=200)
+    assert decide(old, newer, Policy.LATER_WINS) == Decision(apply=False, conflict=False)
+    # Not replayed, the same change is a conflict the later commit wins.
+    live = Incoming(Side.ERP, "a", "b", commit_us=100, full=False)
+    assert decide(live, newer, Policy.LATER_WINS) == Decision(apply=False, conflict=True)
+    # A replay newer than the target's value (the target was restored) applies.
+    restored = Current("a", clock_us=50)
+    assert decide(old, restored, Policy.LATER_WINS) == Decision(apply=True, conflict=False)
