@@ -220,6 +220,26 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import doctor
+
+    checks = doctor.run(settings)
+    if args.json:
+        print(json.dumps(doctor.as_json(checks), indent=2, ensure_ascii=False))
+    else:
+        area = None
+        for c in checks:
+            if c.area != area:
+                area = c.area
+                print(area)
+            print(f"  {'✓' if c.ok else '✗'} {c.name}: {c.detail}")
+            if not c.ok and c.fix:
+                print(f"      → {c.fix}")
+        bad = sum(not c.ok for c in checks)
+        print(f"\n{bad} problem(s) found" if bad else "\n✓ no problem found")
+    return OK if all(c.ok for c in checks) else PROBLEM
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
@@ -235,6 +255,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "verify": cmd_verify,
     "dlq": cmd_dlq,
     "replay": cmd_replay,
+    "doctor": cmd_doctor,
     "worker": cmd_worker,
 }
 
@@ -271,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
         "--since", required=True, help="ISO time, e.g. 2026-11-27T10:30:00Z (no zone: local)"
     )
     rp.add_argument("--entity", help="only this record type: client, file, segment, document")
+    doc = sub.add_parser("doctor", help="find configuration problems before they bite")
+    doc.add_argument("--json", action="store_true")
     sub.add_parser("worker", help="run the sync worker in the foreground")
     return p
 

@@ -90,3 +90,21 @@ DOCUMENTS = Gauge(
     ["state"],
     registry=REGISTRY,
 )
+CONSUMER_LAG = Gauge(
+    "ofisync_consumer_lag",
+    "Messages the consumer group has not committed yet",
+    ["group", "topic", "partition"],
+    registry=REGISTRY,
+)
+SLOT_WAL = Gauge(
+    "ofisync_slot_retained_wal_bytes",
+    "WAL a replication slot retains in its database",
+    ["slot"],
+    registry=REGISTRY,
+)
+COMPONENT_UP = Gauge(
+    "ofisync_component_up",
+    "1 when the component answers, 0 when it does not",
+    ["component"],
+    registry=REGISTRY,
+)

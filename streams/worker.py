@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import faust
@@ -36,6 +37,7 @@ from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
 from streams.feed import MappingFeed
 from streams.model import Command, Side
+from streams.observe import Observer, attention
 from streams.parking import ParentKey
 from streams.pipeline import Echo, route
 from streams.rows import BatchResult
@@ -45,6 +47,8 @@ from streams.sink import Sink, TransientError
 from streams.topics import Topics, ensure_topics
 
 log = logging.getLogger("ofisync.worker")
+
+WEB = resources.files("streams.web")
 
 CAPTURE_BATCH = 2000
 APPLY_BATCH = 500
@@ -193,6 +197,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         Side.ERP: Sink(Side.ERP, settings.erp.dsn, settings.crm.dsn, policy, lambda: feed.mapping),
         Side.CRM: Sink(Side.CRM, settings.crm.dsn, settings.erp.dsn, policy, lambda: feed.mapping),
     }
+    observer = Observer(settings, lambda: feed.mapping)
     # Parents linked by a batch, for each sink's release task to pick up at once.
     linked: dict[Side, list[ParentKey]] = {side: [] for side in Side}
     wake = {side: asyncio.Event() for side in Side}
@@ -298,7 +303,10 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         direction = f"{target.other.value}_to_{target.value}"
         for cmd in result.applied:
             metrics.APPLIED.labels(target.value, cmd.entity).inc()
-            metrics.LATENCY.labels(direction).observe(max(0.0, (now_us - cmd.commit_us) / 1e6))
+            seconds = max(0.0, (now_us - cmd.commit_us) / 1e6)
+            metrics.LATENCY.labels(direction).observe(seconds)
+            if not cmd.replay:
+                observer.latencies.add(direction, seconds)
         metrics.DUPLICATES.labels(target.value).inc(result.duplicates)
         metrics.NOOPS.labels(target.value).inc(result.noops)
         metrics.CONFLICTS.labels(target.value).inc(result.conflicts)
@@ -352,6 +360,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         release_task(side)
 
     app.task(feed.run)
+    app.task(observer.run)
 
     @app.task  # type: ignore[untyped-decorator]
     async def started() -> None:
@@ -363,6 +372,32 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         return web.json(state | {"mapping_loaded": feed.ready.is_set()})
+
+    @app.page("/dashboard/")
+    async def dashboard(web: Any, request: Any) -> Any:
+        return web.html(WEB.joinpath("index.html").read_text())
+
+    @app.page("/dashboard/attention")
+    async def attention_page(web: Any, request: Any) -> Any:
+        return web.html(WEB.joinpath("attention.html").read_text())
+
+    @app.page("/dashboard/app.js")
+    async def dashboard_js(web: Any, request: Any) -> Any:
+        return web.text(WEB.joinpath("app.js").read_text(), content_type="text/javascript")
+
+    @app.page("/dashboard/style.css")
+    async def dashboard_css(web: Any, request: Any) -> Any:
+        return web.text(WEB.joinpath("style.css").read_text(), content_type="text/css")
+
+    @app.page("/dashboard/api/state")
+    async def dashboard_state(web: Any, request: Any) -> Any:
+        if observer.current is None:
+            return web.json({"error": "collecting the first figures"}, status=503)
+        return web.json(observer.current)
+
+    @app.page("/dashboard/api/attention")
+    async def dashboard_attention(web: Any, request: Any) -> Any:
+        return web.json(await asyncio.to_thread(attention, settings, feed.mapping))
 
     @app.page("/mapping")
     async def mapping_page(web: Any, request: Any) -> Any:

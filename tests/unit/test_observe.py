@@ -1,0 +1,64 @@
+"""What the dashboard says is wrong, and the latency percentiles it shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.observe import WAL_BOUND, percentile, problems
+
+
+def healthy() -> dict[str, Any]:
+    return {
+        "health": {"kafka": True, "erp_db": True, "worker": True},
+        "total_lag": 0,
+        "lag_history": [0, 0, 0],
+        "slots": [{"slot": "t_erp", "retained_wal_bytes": 100, "active": True}],
+        "dead_letters": 0,
+        "parked": 0,
+        "documents": {"waiting": 0, "failing": 0},
+        "unmapped": {"crm_users": [], "crm_agencies": [], "sellers": [], "branches": []},
+    }
+
+
+def test_a_healthy_state_has_no_problem() -> None:
+    assert problems(healthy()) == []
+
+
+def test_a_component_down_comes_first() -> None:
+    state = healthy() | {"dead_letters": 2, "health": {"kafka": True, "erp_db": False}}
+    found = problems(state)
+    assert found[0] == "erp_db is down" and "2 dead letter(s)" in found[1]
+
+
+def test_growing_lag_is_a_problem_but_steady_or_draining_lag_is_not() -> None:
+    assert any(
+        "growing" in p for p in problems(healthy() | {"total_lag": 9, "lag_history": [1, 5, 9]})
+    )
+    assert not problems(healthy() | {"total_lag": 5, "lag_history": [9, 7, 5]})
+
+
+def test_slots_parked_documents_and_mapping_gaps_are_named() -> None:
+    state = healthy() | {
+        "slots": [{"slot": "t_crm", "retained_wal_bytes": WAL_BOUND + 1, "active": False}],
+        "parked": 3,
+        "documents": {"waiting": 4, "failing": 1},
+        "unmapped": {"crm_users": ["ana"], "crm_agencies": [], "sellers": [], "branches": []},
+    }
+    text = " | ".join(problems(state))
+    for words in ("retains", "no reader", "3 change(s) wait", "1 document(s) failing", "1 seller"):
+        assert words in text
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([], 0.5) is None
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6), min_size=1), st.floats(0, 1))
+def test_a_percentile_is_one_of_the_values(values: list[float], q: float) -> None:
+    assert percentile(values, q) in values
