@@ -91,6 +91,9 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
     print()
     print(f"{'DATABASE':<14} {'SLOT':<16} {'ACTIVE':<7} {'RETAINED WAL':>14} {'UNCONFIRMED':>12}")
     for s in data["slots"]:
+        if not s["reachable"]:
+            print(f"{s['database']:<14} {s['slot']:<16} the database does not answer")
+            continue
         print(
             f"{s['database']:<14} {s['slot']:<16} {s['active']!s:<7}"
             f" {s['retained_wal_bytes']:>14,} {s['unconfirmed_bytes']:>12,}"

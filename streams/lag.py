@@ -33,6 +33,7 @@ class SlotLag:
     active: bool
     retained_wal_bytes: int  # WAL kept for the slot (restart_lsn → current)
     unconfirmed_bytes: int  # WAL not yet confirmed by the connector (confirmed_flush → current)
+    reachable: bool = True  # False: the database did not answer (the figures are unknown)
 
 
 def tenant_groups(admin: KafkaAdminClient, settings: Settings) -> list[str]:
@@ -75,7 +76,12 @@ def consumer_lag(settings: Settings) -> list[PartitionLag]:
 def slot_lag(settings: Settings) -> list[SlotLag]:
     rows = []
     for db in settings.databases:
-        with psycopg.connect(db.dsn, connect_timeout=5) as conn:
+        try:
+            conn = psycopg.connect(db.dsn, connect_timeout=5)
+        except psycopg.OperationalError:
+            rows.append(SlotLag(db.title, settings.slot_name(db.side), False, 0, 0, False))
+            continue
+        with conn:
             for slot, active, retained, unconfirmed in conn.execute(
                 "SELECT slot_name, active,"
                 " coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,"

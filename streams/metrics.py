@@ -108,3 +108,8 @@ COMPONENT_UP = Gauge(
     ["component"],
     registry=REGISTRY,
 )
+DEAD_LETTERS_WAITING = Gauge(
+    "ofisync_dead_letters_waiting",
+    "Dead letters in the dead-letter topic not retried yet",
+    registry=REGISTRY,
+)

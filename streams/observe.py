@@ -53,6 +53,8 @@ def problems(state: Mapping[str, Any]) -> list[str]:
     ):
         found.append(f"consumer lag is growing ({state['total_lag']} messages behind)")
     for slot in state["slots"]:
+        if not slot.get("reachable", True):
+            continue  # its database is down: said above
         if slot["retained_wal_bytes"] > WAL_BOUND:
             found.append(f"slot {slot['slot']} retains {slot['retained_wal_bytes']:,} bytes of WAL")
         if not slot["active"]:
@@ -103,6 +105,14 @@ def _counter(name: str, by: str) -> dict[str, float]:
                 key = sample.labels.get(by, "")
                 out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def _connector_up(settings: Settings, side: str) -> bool:
@@ -171,6 +181,7 @@ class Observer:
             slots = []
         db_up, counts = _db_counts(s)
         health.update(db_up)
+        health["connect"] = _answers(f"{s.connect_url}/connectors")
         for side in ("erp", "crm"):
             health[f"connector_{side}"] = _connector_up(s, side)
         health["worker"] = True
@@ -190,6 +201,7 @@ class Observer:
                 "crm_to_erp": (applied.get("erp", 0) - before.get("erp", 0)) / dt,
             }
         self._applied_before = (now, applied)
+        metrics.DEAD_LETTERS_WAITING.set(self._dead_letters)
         mapping: SyncMapping = self.mapping()
         total_lag = sum(p.lag or 0 for p in partitions)
         latency = self.latencies.window()

@@ -102,9 +102,14 @@ def compare_pair(
             expected = links.erp_to_crm[f.ref].get(_int(erp_value) or 0)
             consistent = expected == _int(crm_value)
         elif f.via in (Via.SELLER, Via.BRANCH):
+            up = mapping.translate(f.via, erp_value, Side.CRM)
+            down = mapping.translate(f.via, crm_value, Side.ERP)
+            # A value with no mapping took the header default when it crossed: not drift.
             consistent = (
-                mapping.translate(f.via, erp_value, Side.CRM).value == crm_value
-                or mapping.translate(f.via, crm_value, Side.ERP).value == erp_value
+                up.value == crm_value
+                or down.value == erp_value
+                or up.fallback is not None
+                or down.fallback is not None
             )
         elif f.via in (Via.FILE_STATUS, Via.TICKET_KIND):
             consistent = translate_word(f.via, erp_value, Side.CRM) == crm_value
@@ -132,7 +137,8 @@ def _int(value: Canonical) -> int | None:
 
 def _columns(entity: Entity, side: Side) -> list[str]:
     names = ["id", *(f.name(side) for f in entity.fields)]
-    for extra in (entity.link(side), entity.link_number(side), *entity.marker(side)):
+    opt_in = entity.erp_opt_in if side is Side.ERP else None
+    for extra in (entity.link(side), entity.link_number(side), *entity.marker(side), opt_in):
         if extra and extra not in names:
             names.append(extra)
     return names
@@ -222,6 +228,8 @@ def verify(settings: Settings) -> Report:
         for erp_id, erp_row in erp_rows.items():
             if any(erp_row.get(c) != v for c, v in entity.marker(Side.ERP).items()):
                 continue  # no longer a placeholder: the real ticket is the agency's own
+            if entity.erp_opt_in and not erp_row.get(entity.erp_opt_in):
+                continue  # unchecked: it keeps its link but no longer syncs
             crm_id = _int(erp_row[entity.erp_link]) or 0
             crm_row = crm_rows.get(crm_id)
             back = entity.crm_link

@@ -15,7 +15,15 @@ import pytest
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
 from streams.topics import Topics
-from tests.integration.helpers import eventually, one, query, settled, tag, worker_lag
+from tests.integration.helpers import (
+    eventually,
+    ofisync,
+    one,
+    query,
+    settled,
+    tag,
+    worker_lag,
+)
 
 SYNC_WINDOW = 10.0  # generous deadline for "within 2 s at light load" on a loaded CI box
 
@@ -336,6 +344,28 @@ def test_a_mapping_changed_at_run_time_takes_effect_without_a_restart(
     )
     after = erp_file_of(erp, crm_file(crm, crm_account(crm), late.username, late.agency_id))
     assert (after["vendedor_id"], after["sucursal_id"]) == (late.vendedor_id, late.sucursal_id)
+    # The earlier file keeps the default it fell back to: verify names it, and once the agency
+    # gives it its seller and branch in OfiViaje, the CRM agrees.
+    assert {"vendedor_id / owner_username", "sucursal_id / agency_id"} <= _verify_fields(
+        before["id"]
+    )
+    one(
+        erp,
+        "UPDATE expedientes SET vendedor_id = %s, sucursal_id = %s WHERE id = %s",
+        (late.vendedor_id, late.sucursal_id, before["id"]),
+    )
+    eventually(lambda: not _verify_fields(before["id"]), SYNC_WINDOW, "the earlier file agrees")
+
+
+def _verify_fields(erp_file_id: int) -> set[str]:
+    """The fields `ofisync verify` finds different on one OfiViaje file."""
+    done = ofisync("verify", "--json", check=False)
+    assert done.returncode in (0, 1), done.stderr
+    return {
+        d["field"]
+        for d in json.loads(done.stdout)["differences"]
+        if d["entity"] == "file" and d["erp_id"] == erp_file_id
+    }
 
 
 def test_a_crm_edit_of_a_locked_field_is_restored_and_recorded_and_crm_fields_are_kept(
