@@ -25,7 +25,7 @@ from streams.stack.procs import StackError, run
 DEBIAN_BINARY = Path("/usr/lib/chromium/chromium")
 
 FLAGS = (
-    "--headless",  # the new headless mode, the only one in current Chromium
+    "--headless",  # the new headless mode: the default for --headless since Chromium 112
     "--no-sandbox",  # required when running as root
     "--disable-gpu",
     "--disable-dev-shm-usage",  # a small /dev/shm (containers, CI) crashes renderers otherwise
