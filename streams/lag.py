@@ -4,6 +4,7 @@ each replication slot still retains in its database."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,11 +74,12 @@ def consumer_lag(settings: Settings) -> list[PartitionLag]:
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
 
 
-def slot_lag(settings: Settings) -> list[SlotLag]:
+def slot_lag(settings: Settings, dsns: Mapping[str, str] | None = None) -> list[SlotLag]:
+    """Each slot's WAL; `dsns` (by side) to read it as another role than the settings' one."""
     rows = []
     for db in settings.databases:
         try:
-            conn = psycopg.connect(db.dsn, connect_timeout=5)
+            conn = psycopg.connect((dsns or {}).get(db.side, db.dsn), connect_timeout=5)
         except psycopg.OperationalError:
             rows.append(SlotLag(db.title, settings.slot_name(db.side), False, 0, 0, False))
             continue

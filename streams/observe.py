@@ -126,12 +126,14 @@ def _connector_up(settings: Settings, side: str) -> bool:
     return status["connector"]["state"] == "RUNNING" and all(t["state"] == "RUNNING" for t in tasks)
 
 
-def _db_counts(settings: Settings) -> tuple[dict[str, bool], dict[str, int]]:
+def _db_counts(
+    settings: Settings, dsns: Mapping[str, str]
+) -> tuple[dict[str, bool], dict[str, int]]:
     up: dict[str, bool] = {}
     counts = {"conflicts": 0, "lock_violations": 0}
     for db in settings.databases:
         try:
-            with psycopg.connect(db.dsn, connect_timeout=3) as conn:
+            with psycopg.connect(dsns.get(db.side, db.dsn), connect_timeout=3) as conn:
                 row = conn.execute(
                     "SELECT (SELECT count(*) FROM ofisync.conflicts),"
                     " (SELECT count(*) FROM ofisync.lock_violations)"
@@ -148,8 +150,9 @@ def _db_counts(settings: Settings) -> tuple[dict[str, bool], dict[str, int]]:
 class Observer:
     """Samples the figures; `state()` is what /dashboard/api/state returns."""
 
-    def __init__(self, settings: Settings, mapping: Any) -> None:
+    def __init__(self, settings: Settings, mapping: Any, dsns: Mapping[str, str]) -> None:
         self.settings = settings
+        self.dsns = dsns  # by side: the worker's own login, never a superuser
         self.mapping = mapping  # callable returning the live Mapping
         self.latencies = Latencies()
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
@@ -176,10 +179,10 @@ class Observer:
         except Exception:
             partitions, health["kafka"] = [], False
         try:
-            slots = [asdict(x) for x in lag.slot_lag(s)]
+            slots = [asdict(x) for x in lag.slot_lag(s, self.dsns)]
         except psycopg.Error:
             slots = []
-        db_up, counts = _db_counts(s)
+        db_up, counts = _db_counts(s, self.dsns)
         health.update(db_up)
         health["connect"] = _answers(f"{s.connect_url}/connectors")
         for side in ("erp", "crm"):
@@ -259,7 +262,7 @@ def _export(
         metrics.COMPONENT_UP.labels(name).set(1 if up else 0)
 
 
-def attention(settings: Settings, mapping: SyncMapping) -> dict[str, Any]:
+def attention(settings: Settings, mapping: SyncMapping, dsns: Mapping[str, str]) -> dict[str, Any]:
     """What needs a person: unmapped names, dead letters with their reason, recorded conflicts
     and lock violations, changes waiting for a parent, documents failing."""
     out: dict[str, Any] = {"unmapped": mapping.unmapped()}
@@ -282,7 +285,7 @@ def attention(settings: Settings, mapping: SyncMapping) -> dict[str, Any]:
     out["documents_failing"] = []
     for db in settings.databases:
         try:
-            with psycopg.connect(db.dsn, connect_timeout=3) as conn:
+            with psycopg.connect(dsns.get(db.side, db.dsn), connect_timeout=3) as conn:
                 for name, query in queries.items():
                     cur = conn.execute(query)
                     columns = [c.name for c in cur.description or ()]

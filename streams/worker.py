@@ -42,6 +42,7 @@ from streams.parking import ParentKey
 from streams.pipeline import Echo, route
 from streams.rows import BatchResult
 from streams.rules import Invalid, Skip
+from streams.secrets import Role, login_dsn
 from streams.settings import Settings
 from streams.sink import Sink, TransientError
 from streams.topics import Topics, ensure_topics
@@ -193,11 +194,14 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     dead = DeadLetters(_raw_topic(app, topics.dead_letters))
     command_topics = {side: _raw_topic(app, topics.commands(side)) for side in Side}
     feed = MappingFeed(str(settings.kafka), topics.configuration(), settings.tenant)
+    # The sinks log in as the sync's own role, which can touch only the synced tables.
+    erp_dsn, crm_dsn = (login_dsn(settings, db, Role.SINK) for db in settings.databases)
     sinks = {
-        Side.ERP: Sink(Side.ERP, settings.erp.dsn, settings.crm.dsn, policy, lambda: feed.mapping),
-        Side.CRM: Sink(Side.CRM, settings.crm.dsn, settings.erp.dsn, policy, lambda: feed.mapping),
+        Side.ERP: Sink(Side.ERP, erp_dsn, crm_dsn, policy, lambda: feed.mapping),
+        Side.CRM: Sink(Side.CRM, crm_dsn, erp_dsn, policy, lambda: feed.mapping),
     }
-    observer = Observer(settings, lambda: feed.mapping)
+    own_dsns = {Side.ERP.value: erp_dsn, Side.CRM.value: crm_dsn}
+    observer = Observer(settings, lambda: feed.mapping, own_dsns)
     # Parents linked by a batch, for each sink's release task to pick up at once.
     linked: dict[Side, list[ParentKey]] = {side: [] for side in Side}
     wake = {side: asyncio.Event() for side in Side}
@@ -397,7 +401,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
 
     @app.page("/dashboard/api/attention")
     async def dashboard_attention(web: Any, request: Any) -> Any:
-        return web.json(await asyncio.to_thread(attention, settings, feed.mapping))
+        return web.json(await asyncio.to_thread(attention, settings, feed.mapping, own_dsns))
 
     @app.page("/mapping")
     async def mapping_page(web: Any, request: Any) -> Any:

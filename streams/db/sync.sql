@@ -89,7 +89,9 @@ CREATE INDEX IF NOT EXISTS parked_parent ON ofisync.parked (parent_entity, paren
 -- the sync's own writes exactly (no echoes); for local writes, name the writer (database user
 -- and application name, for the lock-violation record) and stamp the changed fields' clocks
 -- with this transaction's id. The sink sets `ofisync.origin` with SET LOCAL.
-CREATE OR REPLACE FUNCTION ofisync.on_write() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER: the applications' own roles need no rights on the ofisync schema.
+CREATE OR REPLACE FUNCTION ofisync.on_write() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, ofisync AS $$
 DECLARE
     writer text := nullif(current_setting('ofisync.origin', true), '');
     changed jsonb;

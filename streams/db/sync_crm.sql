@@ -13,3 +13,21 @@ CREATE OR REPLACE FUNCTION ofisync.published_tables() RETURNS text LANGUAGE sql 
         || 'uploaded_at, ofisync_origin, ofisync_deleted_at, ofisync_writer), '
         || 'ofisync.heartbeat'
 $$;
+
+-- Least privilege: what the sync's two roles may do in the CRM (see streams/secrets.py).
+CREATE OR REPLACE FUNCTION ofisync.grant_sync_roles(p_sink text, p_capture text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA public, ofisync TO %I, %I', p_sink, p_capture);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON public.accounts, public.files, '
+                   'public.segments, public.documents TO %I', p_sink);
+    EXECUTE format('GRANT SELECT ON public.agencies, public.users TO %I', p_sink);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ofisync TO %I',
+                   p_sink);
+    EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, ofisync TO %I',
+                   p_sink);
+    EXECUTE format('GRANT SELECT ON public.accounts, public.files, public.segments, '
+                   'public.agencies, public.users, public.documents TO %I', p_capture);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON ofisync.heartbeat TO %I', p_capture);
+END
+$$;

@@ -42,3 +42,25 @@ CREATE OR REPLACE FUNCTION ofisync.published_tables() RETURNS text LANGUAGE sql 
         || 'crm_documento_id, error_sync, ofisync_origin, ofisync_deleted_at, ofisync_writer), '
         || 'ofisync.heartbeat'
 $$;
+
+-- Least privilege: what the sync's two roles may do in OfiViaje (see streams/secrets.py).
+-- The sink reads and writes the synced tables and the sync's schema; it cannot read config_crm
+-- (the CRM password) nor change sellers or branches. The capture role reads what is published.
+CREATE OR REPLACE FUNCTION ofisync.grant_sync_roles(p_sink text, p_capture text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA public, ofisync TO %I, %I', p_sink, p_capture);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON public.clientes, public.expedientes, '
+                   'public.billetes, public.documentos TO %I', p_sink);
+    EXECUTE format('GRANT DELETE ON public.billetes TO %I', p_sink);  -- placeholders only
+    EXECUTE format('GRANT SELECT ON public.sucursales, public.vendedores TO %I', p_sink);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ofisync TO %I',
+                   p_sink);
+    EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, ofisync TO %I',
+                   p_sink);
+    EXECUTE format('GRANT SELECT ON public.clientes, public.expedientes, public.billetes, '
+                   'public.sucursales, public.vendedores, public.config_crm, public.documentos '
+                   'TO %I', p_capture);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON ofisync.heartbeat TO %I', p_capture);
+END
+$$;

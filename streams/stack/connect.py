@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from streams.secrets import Role, password, role_name
 from streams.settings import Database, Settings
 from streams.stack.install import REPO
 from streams.stack.kafka import jvm
@@ -57,7 +58,7 @@ def render_connector(settings: Settings, side: str) -> dict[str, Any]:
         values |= {
             f"{db.side}.host": db.endpoint.host,
             f"{db.side}.port": str(db.endpoint.port),
-            f"{db.side}.user": db.user,
+            f"{db.side}.user": role_name(settings, Role.CAPTURE),
             f"{db.side}.dbname": db.dbname,
         }
     for key, value in values.items():
@@ -144,7 +145,10 @@ class Worker:
         self.config.write_text(self.properties())
         env = dict(os.environ)
         for db in self.settings.databases:
-            env[f"OFISYNC_{db.side.upper()}_PASSWORD"] = db.password or ""
+            # Read by Connect's EnvVarConfigProvider: never in the REST API nor a topic.
+            env[f"OFISYNC_{db.side.upper()}_PASSWORD"] = password(
+                self.settings, db.side, Role.CAPTURE
+            )
         spawn(jvm(self.settings, MAIN_CLASS, str(self.config)), self.log, self.pid_file, env=env)
         wait_until(
             self.rest_up,
@@ -158,8 +162,21 @@ class Worker:
 
     # Connectors.
     def register(self, side: str) -> None:
+        """Creates the connector, or brings its config up to date (restarting it then)."""
         spec = render_connector(self.settings, side)
-        http("PUT", f"{self.url}/connectors/{spec['name']}/config", spec["config"], timeout=30)
+        url = f"{self.url}/connectors/{spec['name']}"
+        try:
+            current = http("GET", f"{url}/config", timeout=30)
+        except ConnectError:
+            current = None
+        if current is not None and {**current, "name": spec["name"]} == {
+            **spec["config"],
+            "name": spec["name"],
+        }:
+            return
+        http("PUT", f"{url}/config", spec["config"], timeout=30)
+        if current is not None:
+            http("POST", f"{url}/restart?includeTasks=true", None, timeout=30)
 
     def connector_status(self, side: str) -> dict[str, Any]:
         name = self.settings.connector_name(side)
@@ -190,17 +207,18 @@ class Worker:
 
 
 def slot_streaming(settings: Settings, db: Database) -> bool:
-    """True once the connector's replication slot is in use: Debezium only starts streaming
-    (and so attaches to the slot) after its initial snapshot has finished."""
+    """True once the connector's replication slot is in use by the capture role: Debezium only
+    starts streaming (and so attaches to the slot) after its initial snapshot has finished."""
     try:
         with psycopg.connect(db.dsn, connect_timeout=3) as conn:
             row = conn.execute(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                "SELECT a.usename FROM pg_replication_slots s"
+                " JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = %s",
                 (settings.slot_name(db.side),),
             ).fetchone()
     except psycopg.Error:
         return False
-    return bool(row and row[0])
+    return bool(row and row[0] == role_name(settings, Role.CAPTURE))
 
 
 def wait_streaming(settings: Settings, worker: Worker, db: Database, timeout: float = 300) -> None:

@@ -134,10 +134,9 @@ class Stack:
             for cluster in (self.erp, self.crm):
                 side = cluster.db.side
                 with progress.step(f"connector {s.connector_name(side)}: snapshot, then streaming"):
-                    if not self.connect.connector_running(side):
-                        self.connect.register(side)
-                        if self._has_failed(side):
-                            self.connect.restart_failed(side)
+                    self.connect.register(side)  # a no-op when it runs as configured
+                    if self._has_failed(side):
+                        self.connect.restart_failed(side)
                     wait_streaming(s, self.connect, cluster.db)
             if with_worker:
                 with progress.step(f"ofisync worker, web on {s.web}"):

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from streams.secrets import Role, password, role_name, scram_verifier
 from streams.settings import Database, Settings
 from streams.stack.install import ensure_postgres
 from streams.stack.procs import StackError, port_open, read_pid, run, wait_until
@@ -111,7 +112,22 @@ class Cluster:
         with conf.open("a") as f:
             f.write("\ninclude_if_exists = 'ofisync.conf'\n")
 
+    def write_hba(self) -> None:
+        """The superuser on this machine as initdb set it (trust: the contract's DSNs carry no
+        password); every other role, the sync's own included, must give its password."""
+        target = self.data / "pg_hba.conf"
+        target.write_text(
+            "# written by `ofisync up`; edits are overwritten\n"
+            f"local all {PG_USER} trust\n"
+            f"host  all {PG_USER} 127.0.0.1/32 trust\n"
+            "local all all scram-sha-256\n"
+            "host  all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        if os.geteuid() == 0:
+            _chown_postgres(target)
+
     def write_config(self) -> None:
+        self.write_hba()
         settings = dict(SERVER_SETTINGS)
         settings["port"] = str(self.db.endpoint.port)
         settings["unix_socket_directories"] = f"'{self.socket_dir}'"
@@ -173,6 +189,19 @@ class Cluster:
         except psycopg.Error:
             return False
 
+    def _ensure_roles(self, conn: psycopg.Connection[Any]) -> None:
+        """The sync's two roles, neither a superuser, with their current passwords (sent as
+        SCRAM verifiers: the server never sees a password)."""
+        for role in (Role.SINK, Role.CAPTURE):
+            name = role_name(self.settings, role)
+            verifier = scram_verifier(password(self.settings, self.db.side, role, create=True))
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL("{} ROLE {} WITH ").format(sql.SQL(verb), sql.Identifier(name))
+                + _role_sql(role is Role.CAPTURE, verifier)
+            )
+
     def ensure_database(self) -> None:
         with psycopg.connect(self.db.dsn_for("postgres"), autocommit=True) as conn:
             exists = conn.execute(
@@ -185,8 +214,13 @@ class Cluster:
                     )
                 )
         scripts = (f"{self.db.side}.sql", "sync.sql", f"sync_{self.db.side}.sql")
-        version = hashlib.sha256(b"".join(ddl(s) for s in scripts)).hexdigest()
+        roles = [role_name(self.settings, r) for r in (Role.SINK, Role.CAPTURE)]
+        version = hashlib.sha256(
+            b"".join(ddl(s) for s in scripts) + " ".join(roles).encode()
+        ).hexdigest()
         with psycopg.connect(self.db.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")  # pg_hba.conf may have changed
+            self._ensure_roles(conn)
             # The DDL takes strong locks; on a database the sync is already writing to it could
             # deadlock, so it runs only when it changed (a new database, an upgrade).
             if _schema_version(conn) == version:
@@ -203,11 +237,18 @@ class Cluster:
                     "SELECT ofisync.publish(%s, ofisync.published_tables())",
                     (self.settings.slot_name(self.db.side),),
                 )
+                conn.execute("SELECT ofisync.grant_sync_roles(%s, %s)", roles)
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS ofisync.schema_version (version text NOT NULL)"
                 )
                 conn.execute("DELETE FROM ofisync.schema_version")
                 conn.execute("INSERT INTO ofisync.schema_version VALUES (%s)", (version,))
+
+
+def _role_sql(replication: bool, verifier: str) -> sql.Composed:
+    return sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS {} PASSWORD {}").format(
+        sql.SQL("REPLICATION" if replication else "NOREPLICATION"), sql.Literal(verifier)
+    )
 
 
 def _schema_version(conn: psycopg.Connection[Any]) -> str | None:
