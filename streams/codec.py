@@ -69,7 +69,12 @@ def decode_record(data: bytes) -> dict[str, Any]:
     writer = schemas().get(version)
     if writer is None:
         raise CodecError(f"command schema v{version} is unknown to this worker; upgrade it")
-    record = fastavro.schemaless_reader(io.BytesIO(data[2:]), writer, schemas()[latest_version()])
+    try:
+        record = fastavro.schemaless_reader(
+            io.BytesIO(data[2:]), writer, schemas()[latest_version()]
+        )
+    except Exception as exc:  # truncated or corrupt bodies fail in many ways inside fastavro
+        raise CodecError(f"the command v{version} body does not decode: {exc!r}") from exc
     if not isinstance(record, dict):
         raise CodecError("a command frame must hold an Avro record")
     return record

@@ -77,3 +77,21 @@ def _sample(schema: dict[str, Any]) -> dict[str, Any]:
         "full": True,
         "values": [{"field": "name", "before": None, "after": "x", "changed": True}],
     }
+
+
+@given(st.integers(min_value=2, max_value=60))
+def test_a_truncated_command_is_a_codec_error(cut: int) -> None:
+    cmd = Command(
+        Side.CRM,
+        "client",
+        CommandOp.UPSERT,
+        "7",
+        "9",
+        1,
+        2,
+        False,
+        (FieldValue("nombre", "a", "b", True),) * 3,
+    )
+    data = codec.encode(cmd)
+    with pytest.raises(codec.CodecError):
+        codec.decode(data[: min(cut, len(data) - 1)])
