@@ -100,6 +100,15 @@ async def still_waiting(
     )
 
 
+async def claim(conn: psycopg.AsyncConnection[Any], parked_id: int) -> bool:
+    """Locks a parked change for this transaction; False when another worker holds it or has
+    already applied it (several workers may release the same parked changes)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM ofisync.parked WHERE id = %s FOR UPDATE SKIP LOCKED", (parked_id,)
+    )
+    return await cur.fetchone() is not None
+
+
 async def unpark(conn: psycopg.AsyncConnection[Any], parked_id: int) -> None:
     await conn.execute("DELETE FROM ofisync.parked WHERE id = %s", (parked_id,))
 

@@ -171,6 +171,9 @@ class Sink:
             for cmd in commands:
                 parked_id = parked.get(id(cmd))
                 key = parking.record_key(cmd)
+                if parked_id is not None and not await parking.claim(conn, parked_id):
+                    waiting.add(key)  # another worker releases it; the record's later ones wait
+                    continue
                 if cmd.op in SELF_TARGETED:
                     own = (
                         locks.zero_placeholders(conn, cmd, translator.mapping)
