@@ -71,6 +71,12 @@ class Database:
         return f"postgresql://{p.get('user', 'postgres')}@{self.endpoint}/{self.dbname}"
 
 
+def _positive(value: str, variable: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"{variable}={value!r} must be a whole number of at least 1")
+    return int(value)
+
+
 def _endpoint(value: str, variable: str) -> Endpoint:
     raw = value if "://" in value else f"tcp://{value}"
     parts = urlsplit(raw)
@@ -90,6 +96,9 @@ class Settings:
     web: Endpoint
     tenant: str
     lib: Path
+    # Partitions of every topic the stack creates: the most workers that can share the work.
+    # It applies to topics created from now on (see README: Scaling out).
+    partitions: int = 4
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -122,6 +131,7 @@ class Settings:
             web=_endpoint(e.get("OFISYNC_WEB", "http://127.0.0.1:6066"), "OFISYNC_WEB"),
             tenant=tenant,
             lib=Path(e.get("OFISYNC_LIB", str(home / "lib"))).resolve(),
+            partitions=_positive(e.get("OFISYNC_PARTITIONS", "4"), "OFISYNC_PARTITIONS"),
         )
 
     # Names derived from the tenant, so several agencies can share one Kafka cluster.

@@ -13,8 +13,6 @@ from streams.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES
 from streams.model import ENTITIES, PNR_TABLE, Side
 from streams.settings import Settings
 
-PARTITIONS = 4
-
 # Every table each connector publishes (streams/db/sync_<side>.sql): their topics are created
 # up front with the same partition count, rather than on a table's first change.
 CAPTURED_TABLES = {
@@ -71,7 +69,8 @@ class Topics:
 COMPACTED = {"cleanup.policy": "compact"}
 
 
-def ensure_topics(settings: Settings, partitions: int = PARTITIONS) -> None:
+def ensure_topics(settings: Settings) -> None:
+    partitions = settings.partitions
     topics = Topics(settings.tenant)
     compacted = set(topics.configuration())
     admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka), client_id="ofisync-topics")

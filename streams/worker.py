@@ -179,7 +179,8 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         web_host=settings.web.host,
         web_port=settings.web.port,
         web_bind=settings.web.host,
-        datadir=str(settings.home / "worker"),
+        # Each worker process its own directory (several may run: OFISYNC_WORKER_NAME).
+        datadir=str(settings.home / "worker" / os.environ.get("OFISYNC_WORKER_NAME", "worker1")),
         topic_disable_leader=True,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",

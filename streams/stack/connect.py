@@ -8,6 +8,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -51,7 +52,7 @@ def render_connector(settings: Settings, side: str) -> dict[str, Any]:
     text = (CONNECTORS_DIR / f"{side}.json").read_text()
     values = {
         "tenant": settings.tenant,
-        "partitions": "4",
+        "partitions": str(settings.partitions),
         "replication_factor": "1",
     }
     for db in settings.databases:
@@ -78,15 +79,25 @@ def is_running(status: dict[str, Any]) -> bool:
 
 
 class Worker:
+    """Kafka Connect worker `index` of the local stack, in distributed mode: the first is the
+    stack's own; more join its group (REST port moved up by the index) and share its tasks."""
+
     name = "connect"
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.dir = settings.home / "connect"
+    def __init__(self, settings: Settings, index: int = 1) -> None:
+        suffix = "" if index == 1 else f"-{index}"
+        self.settings = (
+            settings
+            if index == 1
+            else replace(
+                settings, connect=replace(settings.connect, port=settings.connect.port + index - 1)
+            )
+        )
+        self.dir = settings.home / f"connect{suffix}"
         self.config = self.dir / "worker.properties"
-        self.pid_file = settings.run / "connect.pid"
-        self.log = settings.logs / "connect.log"
-        self.url = settings.connect_url
+        self.pid_file = settings.run / f"connect{suffix}.pid"
+        self.log = settings.logs / f"connect{suffix}.log"
+        self.url = self.settings.connect_url
 
     def properties(self) -> str:
         s = self.settings

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 from streams.settings import Settings
@@ -14,12 +16,21 @@ from streams.stack.procs import port_open, read_pid, spawn, terminate, wait_unti
 
 
 class WorkerProcess:
+    """Worker `index` of the local stack: the first is the stack's own; more share its consumer
+    group (and so its partitions), each with its web port moved up by its index."""
+
     name = "worker"
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.pid_file = settings.run / "worker.pid"
-        self.log = settings.logs / "worker.log"
+    def __init__(self, settings: Settings, index: int = 1) -> None:
+        suffix = "" if index == 1 else f"-{index}"
+        self.index = index
+        self.settings = (
+            settings
+            if index == 1
+            else replace(settings, web=replace(settings.web, port=settings.web.port + index - 1))
+        )
+        self.pid_file = settings.run / f"worker{suffix}.pid"
+        self.log = settings.logs / f"worker{suffix}.log"
 
     def pid(self) -> int | None:
         return read_pid(self.pid_file)
@@ -41,10 +52,14 @@ class WorkerProcess:
     def start(self) -> None:
         if self.pid():
             return
+        env = dict(os.environ)
+        env["OFISYNC_WEB"] = str(self.settings.web)
+        env["OFISYNC_WORKER_NAME"] = f"worker{self.index}"
         spawn(
             [sys.executable, "-m", "streams.cli", "worker"],
             self.log,
             self.pid_file,
+            env=env,
             cwd=REPO,
         )
         wait_until(
