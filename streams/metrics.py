@@ -113,3 +113,12 @@ DEAD_LETTERS_WAITING = Gauge(
     "Dead letters in the dead-letter topic not retried yet",
     registry=REGISTRY,
 )
+
+# Series that exist from the start at 0, so a first occurrence is an increase Prometheus sees.
+for _stage in ("capture", "decode", "rules", "command", "apply"):
+    DEAD_LETTERS.labels(_stage)
+for _side in ("erp", "crm"):
+    CONFLICTS.labels(_side)
+    LOCK_VIOLATIONS.labels(_side)
+    RETRIES.labels(_side)
+    PARKED.labels(_side)
