@@ -99,6 +99,8 @@ class Settings:
     # Partitions of every topic the stack creates: the most workers that can share the work.
     # It applies to topics created from now on (see README: Scaling out).
     partitions: int = 4
+    # Copies of every topic the stack creates: 1 on one machine, 3 on a production cluster.
+    replication_factor: int = 1
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -132,6 +134,9 @@ class Settings:
             tenant=tenant,
             lib=Path(e.get("OFISYNC_LIB", str(home / "lib"))).resolve(),
             partitions=_positive(e.get("OFISYNC_PARTITIONS", "4"), "OFISYNC_PARTITIONS"),
+            replication_factor=_positive(
+                e.get("OFISYNC_REPLICATION_FACTOR", "1"), "OFISYNC_REPLICATION_FACTOR"
+            ),
         )
 
     # Names derived from the tenant, so several agencies can share one Kafka cluster.

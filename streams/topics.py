@@ -80,7 +80,7 @@ def ensure_topics(settings: Settings) -> None:
             NewTopic(
                 name,
                 num_partitions=partitions,
-                replication_factor=1,
+                replication_factor=settings.replication_factor,
                 topic_configs=COMPACTED if name in compacted else {},
             )
             for name in topics.all()

@@ -53,7 +53,7 @@ def render_connector(settings: Settings, side: str) -> dict[str, Any]:
     values = {
         "tenant": settings.tenant,
         "partitions": str(settings.partitions),
-        "replication_factor": "1",
+        "replication_factor": str(settings.replication_factor),
     }
     for db in settings.databases:
         values |= {
@@ -129,6 +129,8 @@ class Worker:
                 "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
                 "connector.client.config.override.policy=All",
                 "topic.creation.enable=true",
+                # Every plugin we load declares itself: skip the slow class-path scan at start.
+                "plugin.discovery=service_load",
                 "scheduled.rebalance.max.delay.ms=10000",
                 "",
             ]

@@ -34,7 +34,9 @@ SERVER_SETTINGS = {
     "track_commit_timestamp": "on",
     "max_connections": "200",
     "shared_buffers": "256MB",
-    "wal_sender_timeout": "60s",
+    # A connector that went away without closing its replication connection keeps its slot
+    # busy until this runs out; its successor retries meanwhile (Debezium slot.max.retries).
+    "wal_sender_timeout": "10s",
     "logging_collector": "off",
     "log_line_prefix": "%m [%p] %q%u@%d ",
     "log_min_messages": "warning",
