@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from streams.stack.procs import StackError, run
+from streams.stack.procs import StackError
 
 # The browser itself; /usr/bin/chromium is a shell wrapper that adds desktop flags and stderr noise.
 DEBIAN_BINARY = Path("/usr/lib/chromium/chromium")
@@ -46,19 +46,7 @@ def chromium_bin() -> Path | None:
 
 
 def ensure_chromium() -> Path:
-    found = chromium_bin()
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise StackError("Chromium is not installed; run as root or `apt-get install chromium`")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    what = "apt-get install chromium (is the Debian mirror reachable?)"
-    run(["apt-get", "update", "-q"], what, env=env)
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], what, env=env)
-    found = chromium_bin()
-    if not found:
-        raise StackError("apt-get installed chromium but no chromium binary was found")
-    return found
+    return apt_install("chromium", "Chromium", chromium_bin)
 
 
 def _why(stderr: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from streams.settings import Settings
@@ -26,20 +27,25 @@ def postgres_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def ensure_postgres() -> Path:
-    found = postgres_bin()
+def apt_install(package: str, title: str, find: Callable[[], Path | None]) -> Path:
+    """What `find` finds, installing the Debian `package` first when it finds nothing."""
+    found = find()
     if found:
         return found
     if os.geteuid() != 0:
-        raise StackError("PostgreSQL is not installed; run as root or `apt-get install postgresql`")
+        raise StackError(f"{title} is not installed; run as root or `apt-get install {package}`")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    what = "apt-get install postgresql (is the Debian mirror reachable?)"
+    what = f"apt-get install {package} (is the Debian mirror reachable?)"
     run(["apt-get", "update", "-q"], what, env=env)
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"], what, env=env)
-    found = postgres_bin()
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], what, env=env)
+    found = find()
     if not found:
-        raise StackError("apt-get installed postgresql but no server binary was found")
+        raise StackError(f"apt-get installed {package} but {title} is still not found")
     return found
+
+
+def ensure_postgres() -> Path:
+    return apt_install("postgresql", "PostgreSQL", postgres_bin)
 
 
 def jars_present(settings: Settings) -> bool:
