@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from streams.stack.install import apt_install
 from streams.stack.procs import StackError
 
 # The browser itself; /usr/bin/chromium is a shell wrapper that adds desktop flags and stderr noise.
