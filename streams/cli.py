@@ -243,6 +243,49 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     return OK if all(c.ok for c in checks) else PROBLEM
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.bench import print_table, run_bench
+
+    document = run_bench(settings, quick=args.quick)
+    if args.json:
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        print_table(document)
+    return OK if document["clean"] else PROBLEM
+
+
+def cmd_faults(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import faults
+    from streams.stack.orchestrate import PlainProgress, Stack
+
+    stack = Stack(settings)
+    stack.up(demo=False, progress=PlainProgress())
+    chosen = [
+        s
+        for s in faults.scenarios(
+            db_hold_s=10 if args.quick else 60, hold_s=5 if args.quick else 15
+        )
+        if not args.only or s.name in args.only
+    ]
+    if not chosen:
+        raise StackError(f"no scenario named {args.only}; see `ofisync faults --help`")
+    outcomes = [
+        faults.run_scenario(
+            stack,
+            scenario,
+            rate=10 if args.quick else 20,
+            load_s=5 if args.quick else 15,
+            say=lambda text: print(f"… {text}", file=sys.stderr, flush=True),
+        )
+        for scenario in chosen
+    ]
+    if args.json:
+        print(json.dumps(faults.as_json(outcomes), indent=2))
+    else:
+        print(faults.table(outcomes))
+    return OK if all(o.ok for o in outcomes) else PROBLEM
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
@@ -259,6 +302,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "dlq": cmd_dlq,
     "replay": cmd_replay,
     "doctor": cmd_doctor,
+    "faults": cmd_faults,
+    "bench": cmd_bench,
     "worker": cmd_worker,
 }
 
@@ -297,6 +342,25 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--entity", help="only this record type: client, file, segment, document")
     doc = sub.add_parser("doctor", help="find configuration problems before they bite")
     doc.add_argument("--json", action="store_true")
+    bench = sub.add_parser(
+        "bench", help="latency, throughput and catch-up on the running stack, against native"
+    )
+    bench.add_argument("--json", action="store_true", help="one JSON document with every figure")
+    bench.add_argument(
+        "--quick", action="store_true", help="seconds per scenario and a small backlog (smoke)"
+    )
+    fl = sub.add_parser(
+        "faults", help="kill, stop and lock parts of the local stack under load; count losses"
+    )
+    fl.add_argument("--quick", action="store_true", help="short holds and load (a smoke check)")
+    fl.add_argument("--json", action="store_true")
+    fl.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SCENARIO",
+        help="worker-sigkill broker-restart connect-restart erp-db-down crm-db-down"
+        " crm-long-transaction two-workers-kill-one",
+    )
     sub.add_parser("worker", help="run the sync worker in the foreground")
     return p
 
