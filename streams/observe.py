@@ -27,8 +27,8 @@ from streams.settings import Settings
 
 log = logging.getLogger("ofisync.observe")
 
-SAMPLE_EVERY_S = 5.0
-HISTORY = 720  # one hour of samples
+SAMPLE_EVERY_S = 10.0  # its Kafka and database reads run in a thread that holds the GIL a while
+HISTORY = 360  # one hour of samples
 LATENCY_WINDOW_S = 60.0
 WAL_BOUND = 1 << 30  # a slot retaining more than this is a problem
 

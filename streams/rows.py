@@ -5,7 +5,6 @@ delete. Runs inside the sink's batch transaction and savepoint (streams/sink.py)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,9 @@ class BatchResult:
     opt_ins: list[tuple[Entity, int]] = field(default_factory=list)  # parents to check
     linked: list[ParentKey] = field(default_factory=list)
     uploaded: list[tuple[int, int]] = field(default_factory=list)  # OfiViaje doc, CRM doc
+    # Written once at the end of the batch: applied positions and field clocks (commit µs).
+    positions: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    clock_stamps: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     document_notes: list[tuple[int, str]] = field(default_factory=list)  # doc, error_sync
 
     def absorb(self, other: BatchResult) -> None:
@@ -63,6 +65,9 @@ class BatchResult:
         self.uploaded += other.uploaded
         self.document_notes += other.document_notes
 
+
+# The column `Rows.select` adds to a row: its field clocks, {field: commit µs}.
+CLOCKS = "ofisync_clocks"
 
 # Errors that retrying the same write cannot fix.
 PERMANENT = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
@@ -106,16 +111,27 @@ class Rows:
         self, conn: psycopg.AsyncConnection[Any], entity: Entity, column: str, value: Any
     ) -> dict[str, Any] | None:
         names = self.columns(entity)
+        table = entity.table(self.target)
+        # The row's field clocks come in the same round trip (see `update`).
         cur = await conn.execute(
-            sql.SQL("SELECT {} FROM {} WHERE {} = %s FOR UPDATE").format(
-                sql.SQL(", ").join(ident(n) for n in names),
-                ident(entity.table(self.target)),
+            sql.SQL(
+                "SELECT {}, (SELECT coalesce(jsonb_object_agg(c.field, c.commit_us), '{{}}')"
+                " FROM ofisync.row_clocks({}, t.id::text) c) FROM {} t WHERE t.{} = %s"
+                " FOR UPDATE OF t"
+            ).format(
+                sql.SQL(", ").join(sql.SQL("t.{}").format(ident(n)) for n in names),
+                sql.Literal(table),
+                ident(table),
                 ident(column),
             ),
             (value,),
         )
         row = await cur.fetchone()
-        return None if row is None else dict(zip(names, row, strict=True))
+        if row is None:
+            return None
+        found = dict(zip(names, row[:-1], strict=True))
+        found[CLOCKS] = row[-1]
+        return found
 
     async def find(
         self, conn: psycopg.AsyncConnection[Any], entity: Entity, cmd: Command
@@ -243,7 +259,9 @@ class Rows:
             result.noops += 1  # no longer a placeholder: the real ticket is the agency's
             return None
         table = entity.table(side)
-        clocks = await self.clocks(conn, table, str(row["id"]))
+        pk = str(row["id"])
+        # Clocks as read with the row, and as stamped earlier in this batch (written at its end).
+        clocks = {**row[CLOCKS], **result.clock_stamps.get((table, pk), {})}
         policy = self.policy_for(entity)
         updates: dict[str, Any] = {}
         for v in values:
@@ -278,11 +296,8 @@ class Rows:
             [*updates.values(), row["id"]],
         )
         if stamped:
-            await conn.execute(
-                "INSERT INTO ofisync.field_clock AS fc (tbl, pk, clocks)"
-                " VALUES (%s, %s, %s::jsonb)"
-                " ON CONFLICT (tbl, pk) DO UPDATE SET clocks = fc.clocks || excluded.clocks",
-                (table, str(row["id"]), _clock_json(stamped, cmd.commit_us)),
+            result.clock_stamps.setdefault((table, pk), {}).update(
+                dict.fromkeys(stamped, cmd.commit_us)
             )
         return applied
 
@@ -297,14 +312,6 @@ class Rows:
         )
         found = await cur.fetchone()
         return bool(found and found[0])
-
-    async def clocks(
-        self, conn: psycopg.AsyncConnection[Any], table: str, pk: str
-    ) -> dict[str, int | None]:
-        cur = await conn.execute(
-            "SELECT field, commit_us FROM ofisync.row_clocks(%s, %s)", (table, pk)
-        )
-        return {r[0]: r[1] for r in await cur.fetchall()}
 
     async def record_conflict(
         self,
@@ -334,7 +341,3 @@ class Rows:
                 winner,
             ),
         )
-
-
-def _clock_json(fields: Mapping[str, Any], commit_us: int) -> str:
-    return json.dumps({f: f"t:{commit_us}" for f in fields})

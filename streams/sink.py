@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from streams import documents, locks, parking
 from streams.conflicts import Policy
@@ -93,7 +94,13 @@ class Sink:
         """Applies a batch. `parked` maps id(command) to its parked row, for released ones."""
         async with self._lock:
             try:
-                result = await self._apply_batch(commands, parked or {})
+                try:
+                    # Optimistic: no savepoint per command. A command the target cannot hold
+                    # aborts the transaction; then the batch runs again, each command in its
+                    # own savepoint, so only that one becomes a dead letter.
+                    result = await self._apply_batch(commands, parked or {}, careful=False)
+                except PERMANENT:
+                    result = await self._apply_batch(commands, parked or {}, careful=True)
                 await self._write_back(result)
                 return result
             except psycopg.OperationalError as exc:
@@ -159,7 +166,7 @@ class Sink:
                 await c.close()
 
     async def _apply_batch(
-        self, commands: Sequence[Command], parked: Mapping[int, int]
+        self, commands: Sequence[Command], parked: Mapping[int, int], careful: bool
     ) -> BatchResult:
         result = BatchResult()
         conn = await self.conn()
@@ -182,7 +189,7 @@ class Sink:
                             conn, await self.source_conn(), self.rows, translator, cmd, result
                         )
                     )
-                    if await self._guarded(conn, cmd, result, own) is not _DEAD:
+                    if await self._guarded(conn, cmd, result, own, careful) is not _DEAD:
                         result.applied.append(cmd)
                     continue
                 if positions.get(key, -1) >= cmd.lsn:
@@ -205,7 +212,7 @@ class Sink:
                     if cmd.entity == DOCUMENT.name and cmd.op is CommandOp.UPSERT
                     else self.rows.apply_one(conn, translator, cmd, result)
                 )
-                outcome = await self._guarded(conn, cmd, result, work)
+                outcome = await self._guarded(conn, cmd, result, work, careful)
                 if isinstance(outcome, Waiting):
                     waiting.add(key)
                     if parked_id is None:
@@ -218,20 +225,47 @@ class Sink:
                     await parking.unpark(conn, parked_id)
                 if outcome is _DEAD:
                     continue
-                await conn.execute(
-                    "INSERT INTO ofisync.applied (source, entity, source_key, lsn,"
-                    " commit_us) VALUES (%s, %s, %s, %s, %s)"
-                    " ON CONFLICT (source, entity, source_key) DO UPDATE"
-                    " SET lsn = excluded.lsn, commit_us = excluded.commit_us,"
-                    " applied_at = clock_timestamp()",
-                    (*key, cmd.lsn, cmd.commit_us),
-                )
                 positions[key] = cmd.lsn
+                result.positions[key] = (cmd.lsn, cmd.commit_us)
                 result.applied.append(cmd)
                 if isinstance(outcome, Applied):
                     self._linked(result, cmd, {"id": outcome.target_id}, outcome.number)
+            await self._record(conn, result)
         result.fallbacks += translator.fallbacks
         return result
+
+    async def _record(self, conn: psycopg.AsyncConnection[Any], result: BatchResult) -> None:
+        """The batch's applied positions and field clocks, in one statement each, in the same
+        transaction as the writes they describe."""
+        if result.positions:
+            keys = list(result.positions)
+            await conn.execute(
+                "INSERT INTO ofisync.applied (source, entity, source_key, lsn, commit_us)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[],"
+                " %s::bigint[])"
+                " ON CONFLICT (source, entity, source_key) DO UPDATE"
+                " SET lsn = excluded.lsn, commit_us = excluded.commit_us,"
+                " applied_at = clock_timestamp()",
+                (
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [k[2] for k in keys],
+                    [result.positions[k][0] for k in keys],
+                    [result.positions[k][1] for k in keys],
+                ),
+            )
+        if result.clock_stamps:
+            rows = list(result.clock_stamps.items())
+            await conn.execute(
+                "INSERT INTO ofisync.field_clock AS fc (tbl, pk, clocks)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[])"
+                " ON CONFLICT (tbl, pk) DO UPDATE SET clocks = fc.clocks || excluded.clocks",
+                (
+                    [table for (table, _), _ in rows],
+                    [pk for (_, pk), _ in rows],
+                    [Jsonb({f: f"t:{us}" for f, us in stamps.items()}) for _, stamps in rows],
+                ),
+            )
 
     def _linked(
         self, result: BatchResult, cmd: Command, row: Mapping[str, Any], number: Any = None
@@ -256,9 +290,12 @@ class Sink:
         cmd: Command,
         result: BatchResult,
         work: Any,
+        careful: bool,
     ) -> Any:
-        """Runs one command's writes in a savepoint; a permanent error rolls back just those
-        and makes the command a dead letter."""
+        """Careful: runs one command's writes in a savepoint, where a permanent error rolls back
+        just those and makes the command a dead letter. Otherwise the error aborts the batch."""
+        if not careful:
+            return await work
         try:
             async with conn.transaction():
                 return await work

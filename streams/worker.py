@@ -54,6 +54,9 @@ WEB = resources.files("streams.web")
 CAPTURE_BATCH = 2000
 APPLY_BATCH = 500
 BATCH_WINDOW_S = 0.01
+# Commands wait a little longer to fill a batch: each target transaction costs a few round trips
+# whatever its size, so bigger batches under load are worth a few ms at light load.
+APPLY_WINDOW_S = 0.03
 MAX_BACKOFF_S = 15.0
 RELEASE_EVERY_S = 0.5
 
@@ -173,14 +176,16 @@ class DeadLetters:
 def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     topics = Topics(settings.tenant)
     policy = Policy(os.environ.get("OFISYNC_CONFLICT_POLICY", Policy.LATER_WINS.value))
+    # Each worker process its own directory (several may run: OFISYNC_WORKER_NAME).
+    datadir = settings.home / "worker" / os.environ.get("OFISYNC_WORKER_NAME", "worker1")
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.worker_group,
         broker=f"kafka://{settings.kafka}",
         web_host=settings.web.host,
         web_port=settings.web.port,
         web_bind=settings.web.host,
-        # Each worker process its own directory (several may run: OFISYNC_WORKER_NAME).
-        datadir=str(settings.home / "worker" / os.environ.get("OFISYNC_WORKER_NAME", "worker1")),
+        datadir=str(datadir),
         topic_disable_leader=True,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
@@ -243,7 +248,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         sink = sinks[target]
 
         async def apply(stream: Any) -> None:
-            async for events in stream.take_events(APPLY_BATCH, BATCH_WINDOW_S):
+            async for events in stream.take_events(APPLY_BATCH, APPLY_WINDOW_S):
                 await feed.ready.wait()  # translate with the whole mapping, never half of it
                 async with in_flight.batch():
                     await _apply_batch(sink, [e.message for e in events])

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from streams.settings import Settings
@@ -79,11 +81,25 @@ def viewer_group(settings: Settings, topic: str) -> tuple[str, dict[int, int]]:
     return group, {tp.partition: ends[tp] for tp in parts}
 
 
-def test_the_dashboard_loads_draws_real_figures_and_shows_the_brokers_lag(stack: Stack) -> None:
+@pytest.fixture
+def viewer(stack: Stack) -> Iterator[tuple[str, dict[int, int]]]:
+    """A group with lag for the dashboard to show, removed afterwards (others read total lag)."""
+    group, ends = viewer_group(stack.settings, f"{stack.settings.tenant}.to-crm")
+    yield group, ends
+    admin = KafkaAdminClient(bootstrap_servers=str(stack.settings.kafka))
+    try:
+        admin.delete_groups([group])
+    finally:
+        admin.close()
+
+
+def test_the_dashboard_loads_draws_real_figures_and_shows_the_brokers_lag(
+    stack: Stack, viewer: tuple[str, dict[int, int]]
+) -> None:
     ensure_chromium()
     settings = stack.settings
     topic = f"{settings.tenant}.to-crm"
-    group, ends = viewer_group(settings, topic)
+    group, ends = viewer
     assert sum(ends.values()) > 0, "earlier tests sent commands to the CRM"
     eventually(
         lambda: (
