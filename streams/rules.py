@@ -155,11 +155,9 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
     after = ev.after or {}
     if not _opted_in(entity, ev, dict(after)):
         return Skip(f"{entity.erp_opt_in} is not checked")
-    marked = side is Side.ERP and entity.erp_send_when is not None
-    if marked and entity.erp_send_when is not None:
-        column, value = entity.erp_send_when
-        if after.get(column) != value:
-            return Skip(f"{column} is not {value!r}")
+    send_when = entity.erp_send_when if side is Side.ERP else None
+    if send_when is not None and after.get(send_when[0]) != send_when[1]:
+        return Skip(f"{send_when[0]} is not {send_when[1]!r}")
     missing = [f.name(side) for f in entity.fields if f.name(side) not in after]
     if missing:
         return Invalid(f"{ev.table} change lacks synced column(s) {', '.join(missing)}")
@@ -168,7 +166,7 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
     opted_in_now = (
         ev.op is Op.UPDATE and before is not None and not _opted_in(entity, ev, dict(before))
     )
-    full = ev.op in (Op.CREATE, Op.READ) or opted_in_now or before is None or marked
+    full = ev.op in (Op.CREATE, Op.READ) or opted_in_now or before is None or send_when is not None
     values = tuple(
         FieldValue(
             field=f.column(target),

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -40,6 +41,8 @@ from streams.rows import PERMANENT, Applied, BatchResult, Rows, assignments, ide
 from streams.translate import Translator
 
 log = logging.getLogger("ofisync.sink")
+
+T = TypeVar("T")
 
 
 class TransientError(RuntimeError):
@@ -88,25 +91,32 @@ class Sink:
             if c is not None and not c.closed:
                 await c.close()
 
-    async def apply(
-        self, commands: Sequence[Command], parked: Mapping[int, int] | None = None
-    ) -> BatchResult:
-        """Applies a batch. `parked` maps id(command) to its parked row, for released ones."""
+    @asynccontextmanager
+    async def _exclusive(self, commands: Sequence[Command] = ()) -> AsyncIterator[None]:
+        """One use of the connections at a time; an unreachable database becomes a
+        TransientError (after telling the user about the documents of `commands`)."""
         async with self._lock:
             try:
-                try:
-                    # Optimistic: no savepoint per command. A command the target cannot hold
-                    # aborts the transaction; then the batch runs again, each command in its
-                    # own savepoint, so only that one becomes a dead letter.
-                    result = await self._apply_batch(commands, parked or {}, careful=False)
-                except PERMANENT:
-                    result = await self._apply_batch(commands, parked or {}, careful=True)
-                await self._write_back(result)
-                return result
+                yield
             except psycopg.OperationalError as exc:
                 await self._drop_connections()
                 await self._note_unreachable(commands)
                 raise TransientError(str(exc).strip().splitlines()[0]) from exc
+
+    async def apply(
+        self, commands: Sequence[Command], parked: Mapping[int, int] | None = None
+    ) -> BatchResult:
+        """Applies a batch. `parked` maps id(command) to its parked row, for released ones."""
+        async with self._exclusive(commands):
+            try:
+                # Optimistic: no savepoint per command. A command the target cannot hold
+                # aborts the transaction; then the batch runs again, each command in its
+                # own savepoint, so only that one becomes a dead letter.
+                result = await self._apply_batch(commands, parked or {}, careful=False)
+            except PERMANENT:
+                result = await self._apply_batch(commands, parked or {}, careful=True)
+            await self._write_back(result)
+            return result
 
     async def _note_unreachable(self, commands: Sequence[Command]) -> None:
         """Documents that cannot go up now say so in OfiViaje (when OfiViaje is reachable)."""
@@ -125,40 +135,27 @@ class Sink:
         except psycopg.Error:
             await self._drop_connections()
 
+    async def _read(
+        self,
+        connection: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+        read: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+    ) -> T:
+        async with self._exclusive():
+            conn = await connection()
+            found = await read(conn)
+            await conn.commit()
+            return found
+
     async def due(self, parents: Sequence[ParentKey] = ()) -> list[tuple[int, Command]]:
         """The parked changes to try now: parent just linked, or back-off run out."""
-        async with self._lock:
-            try:
-                conn = await self.conn()
-                rows = await parking.due(conn, parents)
-                await conn.commit()
-                return rows
-            except psycopg.OperationalError as exc:
-                await self._drop_connections()
-                raise TransientError(str(exc).strip().splitlines()[0]) from exc
+        return await self._read(self.conn, lambda conn: parking.due(conn, parents))
 
     async def parked_count(self) -> int:
-        async with self._lock:
-            try:
-                conn = await self.conn()
-                n = await parking.count(conn)
-                await conn.commit()
-                return n
-            except psycopg.OperationalError as exc:
-                await self._drop_connections()
-                raise TransientError(str(exc).strip().splitlines()[0]) from exc
+        return await self._read(self.conn, parking.count)
 
     async def document_backlog(self) -> tuple[int, int]:
         """OfiViaje documents marked G, and how many of them carry an error (CRM sink)."""
-        async with self._lock:
-            try:
-                conn = await self.source_conn()
-                found = await documents.backlog(conn)
-                await conn.commit()
-                return found
-            except psycopg.OperationalError as exc:
-                await self._drop_connections()
-                raise TransientError(str(exc).strip().splitlines()[0]) from exc
+        return await self._read(self.source_conn, documents.backlog)
 
     async def _drop_connections(self) -> None:
         for c in (self._conn, self._source_conn):
