@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -127,3 +129,34 @@ def worker_lag(settings: Settings) -> int:
         admin.close()
     ends = end_offsets(settings, sorted({tp.topic for tp in committed}))
     return sum(ends[tp] - om.offset for tp, om in committed.items() if tp in ends)
+
+
+def web_json(settings: Settings, path: str) -> Any:
+    """A JSON page of the worker's web server."""
+    with urllib.request.urlopen(f"http://{settings.web}{path}", timeout=10) as response:
+        return json.load(response)
+
+
+def new_erp_client(erp: str, name: str, sync: bool = True, **extra: Any) -> int:
+    """A new OfiViaje client (checked for sync unless `sync` is False)."""
+    cols = {"nombre": name, "sincronizar_crm": sync, **extra}
+    names = ", ".join(cols)
+    marks = ", ".join(["%s"] * len(cols))
+    return int(
+        one(
+            erp,
+            f"INSERT INTO clientes ({names}) VALUES ({marks}) RETURNING id",
+            list(cols.values()),
+        )
+    )
+
+
+def crm_id_of(erp: str, client_id: int, timeout: float = 10.0) -> int:
+    """The CRM id a client gets once it is linked (waits for it)."""
+    return int(
+        eventually(
+            lambda: one(erp, "SELECT crm_id FROM clientes WHERE id = %s", (client_id,)),
+            timeout,
+            f"crm_id of client {client_id}",
+        )
+    )

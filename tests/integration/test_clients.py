@@ -20,7 +20,9 @@ from streams.stack.orchestrate import Stack
 from streams.topics import Topics
 from tests.integration.helpers import (
     TopicTail,
+    crm_id_of,
     eventually,
+    new_erp_client,
     ofisync,
     one,
     query,
@@ -33,29 +35,6 @@ SYNC_WINDOW = 10.0  # generous deadline for "within 2 s at light load" on a load
 
 ERP_COLUMNS = [f.erp for f in CLIENT.fields]
 CRM_COLUMNS = [f.crm for f in CLIENT.fields]
-
-
-def new_erp_client(erp: str, name: str, sync: bool = True, **extra: Any) -> int:
-    cols = {"nombre": name, "sincronizar_crm": sync, **extra}
-    names = ", ".join(cols)
-    marks = ", ".join(["%s"] * len(cols))
-    return int(
-        one(
-            erp,
-            f"INSERT INTO clientes ({names}) VALUES ({marks}) RETURNING id",
-            list(cols.values()),
-        )
-    )
-
-
-def crm_id_of(erp: str, client_id: int) -> int:
-    return int(
-        eventually(
-            lambda: one(erp, "SELECT crm_id FROM clientes WHERE id = %s", (client_id,)),
-            SYNC_WINDOW,
-            f"crm_id of client {client_id}",
-        )
-    )
 
 
 def erp_row(erp: str, client_id: int) -> tuple[Any, ...]:

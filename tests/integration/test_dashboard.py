@@ -4,7 +4,6 @@ needs a person lists its sections."""
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from kafka.structs import OffsetAndMetadata
 from streams.settings import Settings
 from streams.stack.browser import ensure_chromium, render
 from streams.stack.orchestrate import Stack
-from tests.integration.helpers import eventually, tag
+from tests.integration.helpers import eventually, tag, web_json
 
 
 class Elements(HTMLParser):
@@ -50,15 +49,10 @@ class Elements(HTMLParser):
         ]
 
 
-def api(settings: Settings, path: str) -> Any:
-    with urllib.request.urlopen(f"http://{settings.web}{path}", timeout=10) as response:
-        return json.load(response)
-
-
 def sampled(settings: Settings) -> dict[str, Any] | None:
     """The dashboard's state, or None while the worker collects its first figures (503)."""
     try:
-        state: dict[str, Any] = api(settings, "/dashboard/api/state")
+        state: dict[str, Any] = web_json(settings, "/dashboard/api/state")
     except urllib.error.HTTPError as exc:
         if exc.code == 503:
             return None
@@ -142,5 +136,5 @@ def test_the_page_of_what_needs_a_person_lists_each_kind(stack: Stack) -> None:
     assert set(sections) == {
         "unmapped", "dead_letters", "parked", "documents_failing", "conflicts", "lock_violations"
     }  # fmt: skip
-    expected = api(stack.settings, "/dashboard/api/attention")
+    expected = web_json(stack.settings, "/dashboard/api/attention")
     assert sections["conflicts"] == len(expected["conflicts"])

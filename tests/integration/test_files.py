@@ -17,20 +17,17 @@ from streams.stack.orchestrate import Stack
 from streams.topics import Topics
 from tests.integration.helpers import (
     eventually,
+    new_erp_client,
     ofisync,
     one,
     query,
     settled,
     tag,
+    web_json,
     worker_lag,
 )
 
 SYNC_WINDOW = 10.0  # generous deadline for "within 2 s at light load" on a loaded CI box
-
-
-def web_json(settings: Settings, path: str) -> Any:
-    with urllib.request.urlopen(f"http://{settings.web}{path}", timeout=5) as response:
-        return json.load(response)
 
 
 def metric(settings: Settings, name: str, **labels: str) -> float:
@@ -151,16 +148,6 @@ def erp_file_of(erp: str, crm_file_id: int) -> dict[str, Any]:
     )
 
 
-def erp_client(erp: str, name: str, sync: bool = True) -> int:
-    return int(
-        one(
-            erp,
-            "INSERT INTO clientes (nombre, sincronizar_crm) VALUES (%s, %s) RETURNING id",
-            (name, sync),
-        )
-    )
-
-
 def erp_file(erp: str, client: int, pair: Pair | None, **extra: Any) -> int:
     cols = {
         "numero": f"T/{tag()}",
@@ -248,7 +235,7 @@ def test_an_erp_file_goes_up_with_owner_and_agency_mapped_back(
     stack: Stack, erp: str, crm: str, defaults: Pair
 ) -> None:
     pair = new_pair(stack)
-    client = erp_client(erp, f"Cliente {tag()}")
+    client = new_erp_client(erp, f"Cliente {tag()}")
     file_id = erp_file(erp, client, pair)
     got = crm_file_of(crm, file_id)
     numero = one(erp, "SELECT numero FROM expedientes WHERE id = %s", (file_id,))
@@ -278,7 +265,7 @@ def test_an_erp_file_goes_up_with_owner_and_agency_mapped_back(
 def test_an_erp_file_of_an_unchecked_client_checks_it_and_syncs_it_first(
     stack: Stack, erp: str, crm: str, defaults: Pair
 ) -> None:
-    client = erp_client(erp, f"Sin marcar {tag()}", sync=False)
+    client = new_erp_client(erp, f"Sin marcar {tag()}", sync=False)
     unmapped = new_pair(stack, mapped=False)
     file_id = erp_file(erp, client, unmapped)
     got = crm_file_of(crm, file_id)

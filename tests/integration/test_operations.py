@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,23 @@ from psycopg import sql
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
 from streams.topics import Topics
-from tests.integration.helpers import eventually, ofisync, one, settled, tag, worker_lag
+from tests.integration.helpers import (
+    crm_id_of,
+    eventually,
+    new_erp_client,
+    ofisync,
+    one,
+    settled,
+    tag,
+    web_json,
+    worker_lag,
+)
 
 SYNC_WINDOW = 15.0
 
 
 def state(settings: Settings) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{settings.web}/dashboard/api/state", timeout=5) as r:
-        data: dict[str, Any] = json.load(r)
+    data: dict[str, Any] = web_json(settings, "/dashboard/api/state")
     return data
 
 
@@ -46,19 +54,8 @@ def caught_up(settings: Settings) -> None:
 
 
 def new_client(erp: str, name: str) -> tuple[int, int]:
-    client = int(
-        one(
-            erp,
-            "INSERT INTO clientes (nombre, sincronizar_crm) VALUES (%s, true) RETURNING id",
-            (name,),
-        )
-    )
-    account = eventually(
-        lambda: one(erp, "SELECT crm_id FROM clientes WHERE id = %s", (client,)),
-        SYNC_WINDOW,
-        f"client {client} linked",
-    )
-    return client, int(account)
+    client = new_erp_client(erp, name)
+    return client, crm_id_of(erp, client, SYNC_WINDOW)
 
 
 def test_an_outage_of_the_crm_grows_lag_then_drains_to_a_clean_verify(
