@@ -16,8 +16,9 @@ from psycopg import sql
 
 from streams.mapping import Mapping
 from streams.model import ENTITIES, Canonical, Command, Entity, Side, canonical, to_db
-from streams.rows import BatchResult, Rows, assignments, ident, text
+from streams.rows import BatchResult, assignments, ident, text
 from streams.translate import Translator
+from streams.working import select_rows
 
 
 async def zero_placeholders(
@@ -35,17 +36,18 @@ async def zero_placeholders(
 async def restore(
     conn: psycopg.AsyncConnection[Any],
     owner_conn: psycopg.AsyncConnection[Any],
-    rows: Rows,
+    target: Side,
     translator: Translator,
     cmd: Command,
     result: BatchResult,
 ) -> None:
     entity = ENTITIES[cmd.entity]
-    row = await rows.select(conn, entity, "id", int(cmd.source_key))
-    owner_link = entity.link(rows.target)
+    found = await select_rows(conn, entity, target, ids=[int(cmd.source_key)])
+    row = found[0] if found else None
+    owner_link = entity.link(target)
     if row is None or owner_link is None or row.get(owner_link) is None:
         return
-    owner_row = await _owner_row(owner_conn, entity, rows.target.other, int(row[owner_link]))
+    owner_row = await _owner_row(owner_conn, entity, target.other, int(row[owner_link]))
     if owner_row is None:
         return
     restored = await translator.owner_values(entity, owner_row)
@@ -74,7 +76,7 @@ async def restore(
     if updates:
         await conn.execute(
             sql.SQL("UPDATE {} SET {} WHERE id = %s").format(
-                ident(entity.table(rows.target)), assignments(list(updates))
+                ident(entity.table(target)), assignments(list(updates))
             ),
             [*updates.values(), row["id"]],
         )

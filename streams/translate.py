@@ -1,7 +1,7 @@
 """Translate (apply stage): a command's source values in the target's terms.
 
-Parent ids are looked up through the parent's link column in the target database (in the
-batch's own transaction, so a parent applied earlier in the batch is found); an unlinked parent
+Parent ids are looked up through the parent's link column in the batch's working set
+(streams/working.py), so a parent applied earlier in the batch is found; an unlinked parent
 makes the change wait (parked). Sellers, branches and vocabularies go through the live
 `Mapping`; a value with no mapping takes the header default, and the fallback is reported.
 """
@@ -9,14 +9,11 @@ makes the change wait (parked). Sellers, branches and vocabularies go through th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
-from psycopg import sql
 
 from streams.mapping import Mapping
 from streams.model import ENTITIES, Canonical, Command, Entity, Field, Kind, Side, Via
 from streams.parking import Waiting
+from streams.working import WorkingSet
 
 
 @dataclass(frozen=True)
@@ -31,8 +28,8 @@ class Translated:
 
 
 class Translator:
-    def __init__(self, conn: psycopg.AsyncConnection[Any], target: Side, mapping: Mapping) -> None:
-        self.conn = conn
+    def __init__(self, ws: WorkingSet, target: Side, mapping: Mapping) -> None:
+        self.ws = ws
         self.target = target
         self.mapping = mapping
         self.fallbacks: list[tuple[Via, str]] = []  # (what was mapped, why it fell back)
@@ -86,17 +83,9 @@ class Translator:
             return None
         assert f.ref is not None
         parent = ENTITIES[f.ref]
-        link = parent.link(self.target)
-        assert link is not None
-        cur = await self.conn.execute(
-            sql.SQL("SELECT id FROM {} WHERE {} = %s").format(
-                sql.Identifier(parent.table(self.target)), sql.Identifier(link)
-            ),
-            (int(source_id),),
-        )
-        row = await cur.fetchone()
-        if row is not None:
-            return int(row[0])
+        target_id = await self.ws.parent_id(parent, int(source_id))
+        if target_id is not None:
+            return target_id
         source = self.target.other
         return Waiting(
             parent.name,
