@@ -507,11 +507,13 @@ def stages(settings: Settings, lane: Lane, since: Mapping[Any, int]) -> dict[str
                     read[t] = envelope["ts_us"] / 1000
                     produced[t] = float(record.timestamp)
             else:
-                cmd = codec.decode(record.value)
-                value = cmd.value(notes_column(target))
-                t = tag_of(str(value.after)) if value is not None and cmd.source is source else None
-                if t in changes and t not in commanded:
-                    commanded[t] = float(record.timestamp)
+                for cmd in codec.decode_all(record.value):
+                    value = cmd.value(notes_column(target))
+                    if value is None or cmd.source is not source:
+                        continue
+                    t = tag_of(str(value.after))
+                    if t in changes and t not in commanded:
+                        commanded[t] = float(record.timestamp)
         except (ValueError, KeyError, TypeError, codec.CodecError):
             continue  # not a bench change
     spans: dict[str, list[float]] = {

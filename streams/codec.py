@@ -1,13 +1,16 @@
 """Command serialization: Avro (fastavro) with the schemas in schemas/command/v<N>.avsc.
 
-Frame: one zero byte, one byte of schema version, then the Avro body. Readers resolve any
-older writer version to the newest schema, so schemas evolve compatibly (tested).
+Frame: one zero byte, one byte of schema version, then the Avro body. A version is either one
+command (v1–v3) or a batch of commands (v4: what the capture agent sends, one message per
+partition per capture batch); readers resolve any older writer version of either kind to the
+newest schema of that kind, so schemas evolve compatibly (tested).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,9 @@ class CodecError(ValueError):
     pass
 
 
+BATCH = "ofisync.CommandBatch"
+
+
 @cache
 def schemas() -> dict[int, Any]:
     found = {}
@@ -34,13 +40,17 @@ def schemas() -> dict[int, Any]:
     return found
 
 
-def latest_version() -> int:
-    return max(schemas())
+def is_batch(version: int) -> bool:
+    return bool(schemas()[version]["name"] == BATCH)
 
 
-def encode(cmd: Command) -> bytes:
-    version = latest_version()
-    record = {
+def latest_version(batch: bool = False) -> int:
+    """The newest schema of one command (or, `batch`, of a batch of commands)."""
+    return max(v for v in schemas() if is_batch(v) == batch)
+
+
+def _record(cmd: Command) -> dict[str, Any]:
+    return {
         "source": cmd.source.value,
         "entity": cmd.entity,
         "op": cmd.op.value,
@@ -56,23 +66,35 @@ def encode(cmd: Command) -> bytes:
         "actor": cmd.actor,
         "replay": cmd.replay,
     }
+
+
+def _frame(version: int, record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     buf.write(bytes((MAGIC, version)))
     fastavro.schemaless_writer(buf, schemas()[version], record)
     return buf.getvalue()
 
 
+def encode(cmd: Command) -> bytes:
+    return _frame(latest_version(), _record(cmd))
+
+
+def encode_batch(commands: Sequence[Command]) -> bytes:
+    return _frame(latest_version(batch=True), {"commands": [_record(c) for c in commands]})
+
+
 def decode_record(data: bytes) -> dict[str, Any]:
+    """The frame's Avro record (a command, or a batch: {"commands": [...]}), as the newest
+    schema of its kind reads it."""
     if len(data) < 2 or data[0] != MAGIC:
         raise CodecError("not an ofisync command frame (bad magic byte)")
     version = data[1]
     writer = schemas().get(version)
     if writer is None:
         raise CodecError(f"command schema v{version} is unknown to this worker; upgrade it")
+    reader = schemas()[latest_version(batch=is_batch(version))]
     try:
-        record = fastavro.schemaless_reader(
-            io.BytesIO(data[2:]), writer, schemas()[latest_version()]
-        )
+        record = fastavro.schemaless_reader(io.BytesIO(data[2:]), writer, reader)
     except Exception as exc:  # truncated or corrupt bodies fail in many ways inside fastavro
         raise CodecError(f"the command v{version} body does not decode: {exc!r}") from exc
     if not isinstance(record, dict):
@@ -80,8 +102,23 @@ def decode_record(data: bytes) -> dict[str, Any]:
     return record
 
 
-def decode(data: bytes) -> Command:
+def decode_all(data: bytes) -> list[Command]:
+    """The commands of a frame: one, or a batch."""
     r = decode_record(data)
+    if "commands" in r:
+        return [_command(c) for c in r["commands"]]
+    return [_command(r)]
+
+
+def decode(data: bytes) -> Command:
+    """The command of a one-command frame."""
+    commands = decode_all(data)
+    if len(commands) != 1:
+        raise CodecError(f"expected one command, the frame holds {len(commands)}")
+    return commands[0]
+
+
+def _command(r: dict[str, Any]) -> Command:
     return Command(
         source=Side(r["source"]),
         entity=r["entity"],

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from streams.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES
 from streams.model import ENTITIES, PNR_TABLE, Side
@@ -69,7 +70,14 @@ class Topics:
 COMPACTED = {"cleanup.policy": "compact"}
 
 
-def ensure_topics(settings: Settings) -> None:
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key` (murmur2, as the Java client), so
+    commands sent to an explicit partition land where a keyed send would have put them."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Creates the tenant's topics that are missing; returns each topic's partition count."""
     partitions = settings.partitions
     topics = Topics(settings.tenant)
     compacted = set(topics.configuration())
@@ -95,5 +103,6 @@ def ensure_topics(settings: Settings) -> None:
         ]
         if older:
             admin.alter_configs(older)
+        return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(topics.all())}
     finally:
         admin.close()

@@ -23,7 +23,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -45,7 +46,7 @@ from streams.rules import Invalid, Skip
 from streams.secrets import Role, login_dsn
 from streams.settings import Settings
 from streams.sink import Sink, TransientError
-from streams.topics import Topics, ensure_topics
+from streams.topics import Topics, ensure_topics, partition_of
 
 log = logging.getLogger("ofisync.worker")
 
@@ -58,6 +59,7 @@ BATCH_WINDOW_S = 0.01
 # whatever its size, so bigger batches under load are worth a few ms at light load.
 APPLY_WINDOW_S = 0.03
 MAX_BACKOFF_S = 15.0
+FETCH_WAIT_MS = 25
 RELEASE_EVERY_S = 0.5
 
 
@@ -136,14 +138,23 @@ class SyncWorker(faust.Worker):
 
 
 @dataclass(frozen=True)
-class ParkedOrigin:
-    """Where a released parked change came from, in place of its long-committed message."""
+class CommandOrigin:
+    """One command as a message of its own, for its dead letter: a command of a batch (with
+    where the batch came from), or a released parked change (whose message is long committed)."""
 
     key: bytes
     value: bytes
     topic: str = "ofisync.parked"
     partition: int = -1
     offset: int = -1
+
+    @classmethod
+    def of(cls, cmd: Command, message: Any | None) -> CommandOrigin:
+        if message is None:
+            return cls(cmd.kafka_key, codec.encode(cmd))
+        return cls(
+            cmd.kafka_key, codec.encode(cmd), message.topic, message.partition, message.offset
+        )
 
 
 class DeadLetters:
@@ -173,8 +184,9 @@ class DeadLetters:
         await self.topic.send(key=message.key, value=message.value, headers=headers)
 
 
-def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
+def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, int]) -> faust.App:
     topics = Topics(settings.tenant)
+    command_partitions = {side: partitions[topics.commands(side)] for side in Side}
     policy = Policy(os.environ.get("OFISYNC_CONFLICT_POLICY", Policy.LATER_WINS.value))
     # Each worker process its own directory (several may run: OFISYNC_WORKER_NAME).
     datadir = settings.home / "worker" / os.environ.get("OFISYNC_WORKER_NAME", "worker1")
@@ -216,24 +228,33 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     async def capture(stream: Any) -> None:
         async for events in stream.take_events(CAPTURE_BATCH, BATCH_WINDOW_S):
             async with in_flight.batch():
+                # One message per command partition for the whole batch: a record's commands
+                # keep their order (same partition, in order) at a fraction of a message each.
+                outgoing: dict[tuple[Side, int], list[Command]] = defaultdict(list)
                 for event in events:
-                    await _capture_one(event.message)
+                    command = await _capture_one(event.message)
+                    if command is not None:
+                        target = command.target
+                        partition = partition_of(command.kafka_key, command_partitions[target])
+                        outgoing[(target, partition)].append(command)
+                for (target, partition), commands in outgoing.items():
+                    await command_topics[target].send(
+                        value=codec.encode_batch(commands), partition=partition
+                    )
 
-    async def _capture_one(message: Any) -> None:
+    async def _capture_one(message: Any) -> Command | None:
         try:
             outcome = route(message.topic, message.key, message.value, settings.tenant)
         except Exception as exc:  # a bug must not stop the line: park the input
             log.exception("capture failed on %s@%s", message.topic, message.offset)
             await dead.send("capture", f"internal error: {exc!r}", message)
-            return
+            return None
         side = source_side(message.topic, settings.tenant)
         source = side.value if side is not None else "?"
         if isinstance(outcome, Command):
             metrics.CHANGES.labels(source, "command").inc()
-            await command_topics[outcome.target].send(
-                key=outcome.kafka_key, value=codec.encode(outcome)
-            )
-        elif isinstance(outcome, Echo):
+            return outcome
+        if isinstance(outcome, Echo):
             metrics.CHANGES.labels(source, "echo").inc()
             metrics.ECHOES.labels(source).inc()
         elif isinstance(outcome, Skip | Ignored):
@@ -243,6 +264,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
             await dead.send(
                 "decode" if isinstance(outcome, DecodeError) else "rules", outcome.reason, message
             )
+        return None
 
     def apply_agent(target: Side) -> None:
         sink = sinks[target]
@@ -260,9 +282,11 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         commands: list[tuple[Command, Any]] = []
         for message in messages:
             try:
-                commands.append((codec.decode(message.value), message))
+                held = codec.decode_all(message.value)
             except (codec.CodecError, ValueError, KeyError, TypeError, EOFError) as exc:
                 await dead.send("command", f"undecodable command: {exc}", message)
+                continue
+            commands += [(cmd, message) for cmd in held]
         if not commands:
             return
         result = await _apply_with_retry(sink, [c for c, _ in commands])
@@ -272,8 +296,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
         """Counts a batch's outcome, dead-letters what failed and wakes the release tasks."""
         _count(target, result)
         for cmd, reason in result.dead:
-            origin = messages.get(id(cmd)) or ParkedOrigin(cmd.kafka_key, codec.encode(cmd))
-            await dead.send("apply", reason, origin)
+            await dead.send("apply", reason, CommandOrigin.of(cmd, messages.get(id(cmd))))
         if result.linked:
             for side in Side:
                 linked[side] += result.linked
@@ -375,6 +398,7 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     @app.task  # type: ignore[untyped-decorator]
     async def started() -> None:
         state["state"] = "running"
+        await _shorten_fetch_wait(app)
         log.info(
             "ofisync worker running (tenant %s, conflict policy %s)", settings.tenant, policy.value
         )
@@ -423,11 +447,26 @@ def build_app(settings: Settings, in_flight: InFlight) -> faust.App:
     return app
 
 
+async def _shorten_fetch_wait(app: faust.App) -> None:
+    """Faust builds its Kafka consumer with a fixed 1.5 s fetch wait and no setting for it. A fetch
+    in flight for partitions with nothing new holds back the records of the others that arrive
+    meanwhile for that long, so under load records waited seconds before reaching the agents.
+    The wait is shortened on the running consumer (aiokafka reads it for every fetch)."""
+    for _ in range(120):  # the consumer starts beside this task
+        consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            fetcher._fetch_max_wait_ms = FETCH_WAIT_MS
+            return
+        await asyncio.sleep(0.5)
+    log.warning("could not shorten the Kafka fetch wait (has Faust or aiokafka changed?)")
+
+
 def run_worker(settings: Settings) -> None:
     deadline = time.monotonic() + 300
     while True:
         try:
-            ensure_topics(settings)
+            partitions = ensure_topics(settings)
             break
         except Exception as exc:  # Kafka not up yet: wait for it rather than fail
             if time.monotonic() > deadline:
@@ -435,5 +474,5 @@ def run_worker(settings: Settings) -> None:
             log.warning("waiting for Kafka at %s: %s", settings.kafka, exc)
             time.sleep(2)
     in_flight = InFlight()
-    app = build_app(settings, in_flight)
+    app = build_app(settings, in_flight, partitions)
     SyncWorker(app, in_flight, loglevel="INFO").execute_from_commandline()
