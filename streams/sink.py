@@ -1,12 +1,14 @@
 """Apply: the edge where commands become writes in the target database (psycopg 3).
 
-One transaction per batch, marked as the sync's own (`SET LOCAL ofisync.origin`), so the
-capture of these writes is dropped as an echo. Each command is guarded by the source position
-recorded in `ofisync.applied` in the same transaction (exactly-once effect); a command the
-target cannot hold is rolled back to its savepoint and returned as a dead letter while the
-rest of the batch commits; a command whose parent is not linked here yet is parked
-(streams/parking.py). Links back to the source row are written after the target commits and
-are idempotent, so a crash between the two is repaired by redelivery.
+One transaction per batch, on a connection whose writes are all marked as the sync's own
+(`ofisync.origin`), so the capture of these writes is dropped as an echo. The batch's rows are
+read and written set-wise through its working set (streams/working.py). Each command is guarded
+by the source position recorded in `ofisync.applied` in the same transaction (exactly-once
+effect); when the target cannot hold a command the batch runs again command by command, each in
+a savepoint, so only that one becomes a dead letter while the rest commits; a command whose
+parent is not linked here yet is parked (streams/parking.py). Links back to the source row are
+written after the target commits and are idempotent, so a crash between the two is repaired by
+redelivery.
 
 The values of a command are the source's; they are put in the target's terms here
 (streams/translate.py), with the mapping as it is when the command applies.
@@ -78,7 +80,12 @@ class Sink:
 
     async def conn(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = await self._connect(self.target_dsn)
+            conn = await self._connect(self.target_dsn)
+            # Everything this connection writes is the sync's own (a round trip per batch less
+            # than SET LOCAL; the source connection also writes as a person, see _write_back).
+            await conn.execute(f"SET ofisync.origin = '{SYNC_ORIGIN}'")
+            await conn.commit()
+            self._conn = conn
         return self._conn
 
     async def source_conn(self) -> psycopg.AsyncConnection[Any]:
@@ -170,7 +177,6 @@ class Sink:
         ws = WorkingSet(conn, self.target)
         translator = Translator(ws, self.target, self.mapping())
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL ofisync.origin = '{SYNC_ORIGIN}'")
             positions = await self._positions(conn, commands)
             waiting = await parking.keys_with_parked(conn, commands, parked.values())
             await ws.load([c for c in commands if _row_write(c)])

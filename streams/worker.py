@@ -223,6 +223,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     # Parents linked by a batch, for each sink's release task to pick up at once.
     linked: dict[Side, list[ParentKey]] = {side: [] for side in Side}
     wake = {side: asyncio.Event() for side in Side}
+    parkings = dict.fromkeys(Side, 0)  # batches of each sink that parked something
 
     @app.agent(_raw_topic(app, *topics.captured_entities()))
     async def capture(stream: Any) -> None:
@@ -295,6 +296,8 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     async def _settle(target: Side, result: BatchResult, messages: dict[int, Any]) -> None:
         """Counts a batch's outcome, dead-letters what failed and wakes the release tasks."""
         _count(target, result)
+        if result.parked:
+            parkings[target] += 1
         for cmd, reason in result.dead:
             await dead.send("apply", reason, CommandOrigin.of(cmd, messages.get(id(cmd))))
         if result.linked:
@@ -357,19 +360,28 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         async def release() -> None:
             await feed.ready.wait()
             last_count = 0.0
+            # Parked changes are looked for only while some may wait: since a batch parked one
+            # or a count found some (other workers' too), not after every batch that links.
+            may_wait, seen = True, parkings[target]
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake[target].wait(), RELEASE_EVERY_S)
                 wake[target].clear()
                 parents, linked[target] = linked[target], []
-                async with in_flight.batch():
-                    rows = await _release_with_retry(sink, parents)
-                    if rows is not None:
-                        await _settle(target, rows, {})
+                if parkings[target] != seen:
+                    may_wait, seen = True, parkings[target]
+                if may_wait:
+                    async with in_flight.batch():
+                        rows = await _release_with_retry(sink, parents)
+                        if rows is not None:
+                            await _settle(target, rows, {})
                 if time.monotonic() - last_count > 5:
                     last_count = time.monotonic()
                     with contextlib.suppress(TransientError):
-                        metrics.PARKED.labels(target.value).set(await sink.parked_count())
+                        before = parkings[target]
+                        parked = await sink.parked_count()
+                        metrics.PARKED.labels(target.value).set(parked)
+                        may_wait = parked > 0 or parkings[target] != before
                         if target is Side.CRM:
                             waiting, failing = await sink.document_backlog()
                             metrics.DOCUMENTS.labels("waiting").set(waiting)
