@@ -38,7 +38,7 @@ from streams.model import (
     Side,
 )
 from streams.parking import ParentKey, Waiting
-from streams.rows import PERMANENT, Applied, BatchResult, Rows, assignments, ident
+from streams.rows import PERMANENT, Applied, BatchResult, Rows, ident
 from streams.translate import Translator
 from streams.working import WorkingSet
 
@@ -216,11 +216,11 @@ class Sink:
                         await parking.park(conn, cmd, None)
                         result.parked += 1
                     continue
-                work = (
-                    self.rows.apply_one(ws, translator, cmd, result)
-                    if _row_write(cmd)
-                    else documents.upload(conn, await self.source_conn(), translator, cmd, result)
-                )
+                if _row_write(cmd):
+                    work = self.rows.apply_one(ws, translator, cmd, result)
+                else:
+                    await ws.flush()  # its file may be one this batch inserts
+                    work = documents.upload(conn, await self.source_conn(), translator, cmd, result)
                 outcome = await self._guarded(ws, cmd, result, work, careful)
                 if isinstance(outcome, Waiting):
                     waiting.add(key)
@@ -328,38 +328,61 @@ class Sink:
         if not (result.links or result.opt_ins or result.uploaded or result.document_notes):
             return
         conn = await self.source_conn()
-        async with conn.transaction():
-            for entity, parent_id in result.opt_ins:
-                assert entity.erp_opt_in is not None
-                await conn.execute(
-                    sql.SQL("UPDATE {} SET {} = true WHERE id = %s AND NOT {}").format(
-                        ident(entity.table(self.target.other)),
-                        ident(entity.erp_opt_in),
-                        ident(entity.erp_opt_in),
-                    ),
-                    (parent_id,),
-                )
+        if result.opt_ins:
+            async with conn.transaction():
+                for entity, parent_id in result.opt_ins:
+                    assert entity.erp_opt_in is not None
+                    await conn.execute(
+                        sql.SQL("UPDATE {} SET {} = true WHERE id = %s AND NOT {}").format(
+                            ident(entity.table(self.target.other)),
+                            ident(entity.erp_opt_in),
+                            ident(entity.erp_opt_in),
+                        ),
+                        (parent_id,),
+                    )
+        if not (result.links or result.uploaded or result.document_notes):
+            return
         async with conn.transaction():
             await conn.execute(f"SET LOCAL ofisync.origin = '{SYNC_ORIGIN}'")
             await documents.write_notes(conn, result.document_notes)
             await documents.mark_uploaded(conn, result.uploaded)
-            for cmd, target_id, number in result.links:
-                entity = ENTITIES[cmd.entity]
-                source_link = entity.link(cmd.source)
-                assert source_link is not None
-                assigned: dict[str, Any] = {source_link: target_id}
-                link_number = entity.link_number(cmd.source)
-                if link_number and number is not None:
-                    assigned[link_number] = number
-                await conn.execute(
-                    sql.SQL("UPDATE {} SET {} WHERE id = %s AND ({}) IS DISTINCT FROM ({})").format(
-                        ident(entity.table(cmd.source)),
-                        assignments(list(assigned)),
-                        sql.SQL(", ").join(ident(c) for c in assigned),
-                        sql.SQL(", ").join(sql.Placeholder() * len(assigned)),
-                    ),
-                    [*assigned.values(), int(cmd.source_key), *assigned.values()],
-                )
+            await _link_back(conn, result.links)
+
+
+async def _link_back(
+    conn: psycopg.AsyncConnection[Any], links: Sequence[tuple[Command, int, str | None]]
+) -> None:
+    """The target ids (and own numbers) written into their source rows, one UPDATE per table;
+    rows that already hold them are not written."""
+    by_table: dict[tuple[str, Side], dict[int, tuple[int, str | None]]] = {}
+    for cmd, target_id, number in links:
+        rows = by_table.setdefault((cmd.entity, cmd.source), {})
+        earlier = rows.get(int(cmd.source_key))
+        rows[int(cmd.source_key)] = (target_id, number or (earlier[1] if earlier else None))
+    for (name, side), rows in by_table.items():
+        entity = ENTITIES[name]
+        link, number = entity.link(side), entity.link_number(side)
+        assert link is not None
+        assigned: list[tuple[sql.Composable, sql.Composable]] = [
+            (ident(link), sql.SQL("v.target_id"))
+        ]
+        if number:  # a number not known keeps what the row holds
+            assigned.append(
+                (ident(number), sql.SQL("coalesce(v.number, t.{})").format(ident(number)))
+            )
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {table} AS t SET {sets}"
+                " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, target_id, number)"
+                " WHERE t.id = v.id AND ({columns}) IS DISTINCT FROM ({values})"
+            ).format(
+                table=ident(entity.table(side)),
+                sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in assigned),
+                columns=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c, _ in assigned),
+                values=sql.SQL(", ").join(v for _, v in assigned),
+            ),
+            (list(rows), [r[0] for r in rows.values()], [r[1] for r in rows.values()]),
+        )
 
 
 _DEAD = object()

@@ -101,6 +101,8 @@ class WorkingSet:
     def __init__(self, conn: psycopg.AsyncConnection[Any], target: Side) -> None:
         self.conn = conn
         self.target = target
+        # Ids reserved for rows this batch inserts (sequence values stay valid after a rollback).
+        self._free_ids: dict[str, list[int]] = defaultdict(list)
         self._forget_reads()
         # Own numbers of rows inserted by this batch, known once flushed (RETURNING).
         self.numbers: dict[tuple[str, int], str] = {}
@@ -112,7 +114,6 @@ class WorkingSet:
         # link value → target id (None: no row holds it), for rows read here or parents.
         self._by_link: dict[str, dict[int, int | None]] = defaultdict(dict)
         self._parents: dict[str, dict[int, int | None]] = defaultdict(dict)
-        self._free_ids: dict[str, list[int]] = defaultdict(list)
 
     def _forget_writes(self) -> None:
         self._inserts: dict[str, list[tuple[dict[str, Any], str | None]]] = defaultdict(list)

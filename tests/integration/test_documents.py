@@ -158,6 +158,32 @@ def crm_refuses_name(crm: str) -> Iterator[str]:
     one(crm, f"ALTER TABLE accounts DROP CONSTRAINT IF EXISTS {constraint}")
 
 
+def test_a_client_its_file_and_a_marked_document_written_together_go_up_together(
+    erp: str, crm: str
+) -> None:
+    # One transaction: the sink most likely gets all three in one batch, where the file is
+    # still a pending insert of its working set when the document goes up.
+    with psycopg.connect(erp) as conn:
+        client = conn.execute(
+            "INSERT INTO clientes (nombre, sincronizar_crm) VALUES (%s, true) RETURNING id",
+            (f"Juntos {tag()}",),
+        ).fetchone()[0]  # type: ignore[index]
+        file_id = conn.execute(
+            "INSERT INTO expedientes (numero, cliente_id) VALUES (%s, %s) RETURNING id",
+            (f"J/{tag()}", client),
+        ).fetchone()[0]  # type: ignore[index]
+        document = conn.execute(
+            "INSERT INTO documentos (expediente_id, tipo, nombre_fichero, mime, contenido,"
+            " estado_sync) VALUES (%s, 'bono', 'bono.pdf', 'application/pdf', %s, 'G')"
+            " RETURNING id",
+            (file_id, b"bono de hotel"),
+        ).fetchone()[0]  # type: ignore[index]
+    crm_document = uploaded(erp, document)
+    crm_file = one(crm, "SELECT id FROM files WHERE erp_id = %s", (file_id,))
+    assert one(crm, "SELECT file_id FROM documents WHERE id = %s", (crm_document,)) == crm_file
+    assert crm_copy(crm, crm_document)[1] == hashlib.sha256(b"bono de hotel").hexdigest()
+
+
 def test_a_document_of_a_file_not_synced_yet_waits_then_goes(
     erp: str, crm: str, crm_refuses_name: str
 ) -> None:
