@@ -60,6 +60,7 @@ BATCH_WINDOW_S = 0.01
 APPLY_WINDOW_S = 0.03
 MAX_BACKOFF_S = 15.0
 FETCH_WAIT_MS = 25
+MAX_FRAME_BYTES = 512 * 1024  # Kafka refuses messages over 1 MiB by default
 RELEASE_EVERY_S = 0.5
 
 
@@ -239,9 +240,8 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
                         partition = partition_of(command.kafka_key, command_partitions[target])
                         outgoing[(target, partition)].append(command)
                 for (target, partition), commands in outgoing.items():
-                    await command_topics[target].send(
-                        value=codec.encode_batch(commands), partition=partition
-                    )
+                    for frame in _frames(commands):
+                        await command_topics[target].send(value=frame, partition=partition)
 
     async def _capture_one(message: Any) -> Command | None:
         try:
@@ -457,6 +457,15 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         )
 
     return app
+
+
+def _frames(commands: Sequence[Command]) -> list[bytes]:
+    """`commands` as batch frames under Kafka's message size limit (halved until they fit)."""
+    frame = codec.encode_batch(commands)
+    if len(frame) <= MAX_FRAME_BYTES or len(commands) == 1:
+        return [frame]
+    half = len(commands) // 2
+    return _frames(commands[:half]) + _frames(commands[half:])
 
 
 async def _shorten_fetch_wait(app: faust.App) -> None:

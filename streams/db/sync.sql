@@ -88,7 +88,7 @@ CREATE INDEX IF NOT EXISTS parked_parent ON ofisync.parked (parent_entity, paren
 -- On every write to a synced table: copy the writer's origin into the row, so decode can drop
 -- the sync's own writes exactly (no echoes); for local writes, name the writer (database user
 -- and application name, for the lock-violation record) and stamp the changed fields' clocks
--- with this transaction's id. The sink sets `ofisync.origin` with SET LOCAL.
+-- with this transaction's id. The sink sets `ofisync.origin` (on its own connection, or SET LOCAL).
 -- SECURITY DEFINER: the applications' own roles need no rights on the ofisync schema.
 CREATE OR REPLACE FUNCTION ofisync.on_write() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, ofisync AS $$
