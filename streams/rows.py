@@ -29,7 +29,7 @@ from streams.model import (
 )
 from streams.parking import ParentKey, Waiting
 from streams.translate import Translated, Translator
-from streams.working import CLOCKS, DELETED, UNDELETE, WorkingSet
+from streams.working import CLOCKS, WorkingSet
 
 
 @dataclass
@@ -135,7 +135,7 @@ class Rows:
             return
         link = entity.link(self.target)
         assert link is not None
-        ws.update(entity, row, {link: None}, DELETED)
+        ws.update(entity, row, {link: None}, unlinked=True)
 
     async def insert(
         self, ws: WorkingSet, entity: Entity, cmd: Command, values: Sequence[Translated]
@@ -207,7 +207,7 @@ class Rows:
             result.noops += 1
             return applied
         stamped = list(updates)
-        ws.update(entity, row, {**updates, link: int(cmd.source_key)}, UNDELETE)
+        ws.update(entity, row, {**updates, link: int(cmd.source_key)}, unlinked=False)
         if stamped:
             ws.stamp(table, row, stamped, cmd.commit_us)
         return applied

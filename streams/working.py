@@ -32,9 +32,6 @@ from streams.model import ENTITIES, Command, CommandOp, Entity, Side
 # The column a loaded row carries besides its own: its field clocks, {column: commit µs}.
 CLOCKS = "ofisync_clocks"
 
-# ofisync_deleted_at in an UPDATE patch: left alone, cleared (linked again), or stamped (unlinked).
-KEEP, UNDELETE, DELETED = 0, 1, 2
-
 
 def row_columns(entity: Entity, side: Side) -> list[str]:
     """The columns of `entity`'s table on `side` that the sink reads: synced fields, marker,
@@ -118,7 +115,7 @@ class WorkingSet:
     def _forget_writes(self) -> None:
         self._inserts: dict[str, list[tuple[dict[str, Any], str | None]]] = defaultdict(list)
         self._patches: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-        self._deleted_at: dict[str, dict[int, int]] = defaultdict(dict)
+        self._unlinked: dict[str, dict[int, bool]] = defaultdict(dict)
         self._deletes: dict[str, set[int]] = defaultdict(set)
         self._stamps: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
         self._conflicts: list[tuple[Any, ...]] = []
@@ -141,8 +138,9 @@ class WorkingSet:
 
     async def _load(self, entity: Entity, ids: Iterable[int], links: Iterable[int]) -> None:
         table = entity.table(self.target)
+        known = self._by_link[table]
         ids = sorted(set(ids) - self._loaded_ids[table])
-        links = sorted(set(links) - set(self._by_link[table]))
+        links = sorted({value for value in links if value not in known})
         if not ids and not links:
             return
         self._keep(entity, await select_rows(self.conn, entity, self.target, ids, links))
@@ -188,7 +186,8 @@ class WorkingSet:
         table = parent.table(self.target)
         link = parent.link(self.target)
         assert link is not None
-        wanted = sorted(set(source_ids) - set(self._by_link[table]) - set(self._parents[table]))
+        known, parents = self._by_link[table], self._parents[table]
+        wanted = sorted({v for v in source_ids if v not in known and v not in parents})
         if not wanted:
             return
         cur = await self.conn.execute(
@@ -253,8 +252,10 @@ class WorkingSet:
         return cached
 
     def update(
-        self, entity: Entity, row: dict[str, Any], changes: dict[str, Any], deleted_at: int
+        self, entity: Entity, row: dict[str, Any], changes: dict[str, Any], unlinked: bool
     ) -> None:
+        """Queues `changes` to a row; its ofisync_deleted_at is stamped when the change unlinks
+        it and cleared otherwise (the newest change of the row in the batch decides)."""
         table = entity.table(self.target)
         link = entity.link(self.target)
         if link is not None and link in changes and row[link] != changes[link]:
@@ -264,8 +265,7 @@ class WorkingSet:
                 self._by_link[table][changes[link]] = row["id"]
         row.update(changes)
         self._patches[table].setdefault(row["id"], {}).update(changes)
-        if deleted_at != KEEP:
-            self._deleted_at[table][row["id"]] = deleted_at
+        self._unlinked[table][row["id"]] = unlinked
 
     def delete(self, entity: Entity, row: dict[str, Any]) -> None:
         table = entity.table(self.target)
@@ -274,7 +274,7 @@ class WorkingSet:
         if link is not None and row[link] is not None:
             self._by_link[table][row[link]] = None
         self._patches[table].pop(row["id"], None)
-        self._deleted_at[table].pop(row["id"], None)
+        self._unlinked[table].pop(row["id"], None)
         self._deletes[table].add(row["id"])
 
     def stamp(
@@ -367,23 +367,20 @@ class WorkingSet:
         columns = sorted({c for patch in patches.values() for c in patch})
         names = [sql.Identifier(c) for c in columns]
         changes = [
-            {"id": target_id, "patch": patch, "deleted": self._deleted_at[table].get(target_id, 0)}
+            {"id": target_id, "patch": patch, "unlinked": self._unlinked[table][target_id]}
             for target_id, patch in patches.items()
         ]
         await self.conn.execute(
             sql.SQL(
                 "UPDATE {table} AS t SET ({columns}) = (SELECT {values}"
                 " FROM jsonb_populate_record(t, v.patch) p),"
-                " ofisync_deleted_at = CASE v.deleted WHEN {undelete} THEN NULL"
-                " WHEN {deleted} THEN clock_timestamp() ELSE t.ofisync_deleted_at END"
-                " FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, patch jsonb, deleted int)"
+                " ofisync_deleted_at = CASE WHEN v.unlinked THEN clock_timestamp() END"
+                " FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, patch jsonb, unlinked boolean)"
                 " WHERE t.id = v.id"
             ).format(
                 table=sql.Identifier(table),
                 columns=sql.SQL(", ").join(names),
                 values=sql.SQL(", ").join(sql.SQL("p.{}").format(n) for n in names),
-                undelete=sql.Literal(UNDELETE),
-                deleted=sql.Literal(DELETED),
             ),
             (Jsonb(changes, dumps=_json),),
         )

@@ -16,7 +16,7 @@ from streams.dlq import read_all
 from streams.model import CLIENT, Command, CommandOp, FieldValue, Side
 from streams.stack.orchestrate import Stack
 from streams.topics import Topics
-from tests.integration.helpers import eventually, one, query, tag
+from tests.integration.helpers import crm_id_of, eventually, new_erp_client, one, query, tag
 
 SYNC_WINDOW = 15.0
 
@@ -166,16 +166,8 @@ def test_a_column_added_to_a_synced_table_does_not_stop_the_line(erp: str, crm: 
             )
         )
     try:
-        client = one(
-            erp,
-            "INSERT INTO clientes (nombre, sincronizar_crm) VALUES (%s, true) RETURNING id",
-            (f"Deriva {column}",),
-        )
-        account = eventually(
-            lambda: one(erp, "SELECT crm_id FROM clientes WHERE id = %s", (client,)),
-            SYNC_WINDOW,
-            "a client with the new column syncs",
-        )
+        client = new_erp_client(erp, f"Deriva {column}")
+        account = crm_id_of(erp, client, SYNC_WINDOW)
         one(erp, "UPDATE clientes SET email = 'deriva@example.es' WHERE id = %s", (client,))
         eventually(
             lambda: (
