@@ -6,10 +6,11 @@ Raw Debezium dictionaries go no further than this module. Bad input is returned 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from streams.model import Canonical, ChangeEvent, Op, Side
 
@@ -33,14 +34,18 @@ def source_side(topic: str, tenant: str) -> Side | None:
     return None
 
 
+# JSON gives these and objects and arrays; a column value is never an object or an array.
+_SCALARS = frozenset((str, int, bool, float, type(None)))
+
+
 def _row(value: Any, name: str) -> Mapping[str, Canonical] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
         raise ValueError(f"'{name}' is not an object")
-    for column, v in value.items():
-        if not isinstance(v, str | int | bool | float | None):
-            raise ValueError(f"'{name}.{column}' has an unsupported value type {type(v).__name__}")
+    if not _SCALARS.issuperset(map(type, value.values())):
+        column, v = next((c, v) for c, v in value.items() if type(v) not in _SCALARS)
+        raise ValueError(f"'{name}.{column}' has an unsupported value type {type(v).__name__}")
     return value
 
 
@@ -60,9 +65,9 @@ def decode(
     if value is None:
         return Ignored("tombstone")
     try:
-        envelope = json.loads(value)
-        record_key = json.loads(key) if key is not None else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        envelope = orjson.loads(value)
+        record_key = orjson.loads(key) if key is not None else None
+    except orjson.JSONDecodeError as exc:
         return DecodeError(f"not JSON: {exc}")
     if not isinstance(envelope, dict):
         return DecodeError("the value is not a JSON object (expected a Debezium change envelope)")

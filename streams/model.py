@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 Canonical = str | int | bool | None
@@ -163,6 +164,16 @@ class Entity:
     @property
     def parent(self) -> Field | None:
         return next((f for f in self.fields if f.via is Via.REF), None)
+
+    def crossing(self, source: Side) -> tuple[tuple[str, str], ...]:
+        """(column read on `source`, column written on the other side) for every field; the
+        rules walk it for every change, so it is computed once per entity and side."""
+        return _crossing(self, source)
+
+
+@cache
+def _crossing(entity: Entity, source: Side) -> tuple[tuple[str, str], ...]:
+    return tuple((f.name(source), f.column(source.other)) for f in entity.fields)
 
 
 CLIENT = Entity(

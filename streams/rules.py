@@ -127,7 +127,7 @@ def pnr_capture(ev: ChangeEvent) -> Command | None:
 
 
 def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
-    side, target = ev.source, ev.source.other
+    side = ev.source
     link_column = entity.link(side)
     row = ev.row
     link = row.get(link_column) if link_column else None
@@ -158,7 +158,8 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
     send_when = entity.erp_send_when if side is Side.ERP else None
     if send_when is not None and after.get(send_when[0]) != send_when[1]:
         return Skip(f"{send_when[0]} is not {send_when[1]!r}")
-    missing = [f.name(side) for f in entity.fields if f.name(side) not in after]
+    crossing = entity.crossing(side)
+    missing = [read for read, _ in crossing if read not in after]
     if missing:
         return Invalid(f"{ev.table} change lacks synced column(s) {', '.join(missing)}")
 
@@ -167,15 +168,14 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
         ev.op is Op.UPDATE and before is not None and not _opted_in(entity, ev, dict(before))
     )
     full = ev.op in (Op.CREATE, Op.READ) or opted_in_now or before is None or send_when is not None
-    values = tuple(
-        FieldValue(
-            field=f.column(target),
-            before=None if before is None else before.get(f.name(side)),
-            after=after[f.name(side)],
-            changed=full or before is None or before.get(f.name(side)) != after[f.name(side)],
+    if before is None:
+        values = tuple(FieldValue(written, None, after[read], True) for read, written in crossing)
+    else:
+        values = tuple(
+            FieldValue(written, old, new, full or old != new)
+            for read, written in crossing
+            for old, new in ((before.get(read), after[read]),)
         )
-        for f in entity.fields
-    )
     if not full and not any(v.changed for v in values):
         return Skip("no synced field changed")
     return Command(

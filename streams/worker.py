@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -31,6 +32,7 @@ from importlib import resources
 from typing import Any
 
 import faust
+import uvloop
 from prometheus_client import generate_latest
 
 from streams import codec, metrics
@@ -62,6 +64,7 @@ MAX_BACKOFF_S = 15.0
 FETCH_WAIT_MS = 25
 MAX_FRAME_BYTES = 512 * 1024  # Kafka refuses messages over 1 MiB by default
 RELEASE_EVERY_S = 0.5
+GC_YOUNG_THRESHOLD = 20_000  # Python's default is 700
 
 
 def _raw_topic(app: faust.App, *names: str) -> Any:
@@ -411,6 +414,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     async def started() -> None:
         state["state"] = "running"
         await _shorten_fetch_wait(app)
+        _settle_garbage_collector()
         log.info(
             "ofisync worker running (tenant %s, conflict policy %s)", settings.tenant, policy.value
         )
@@ -483,7 +487,18 @@ async def _shorten_fetch_wait(app: faust.App) -> None:
     log.warning("could not shorten the Kafka fetch wait (has Faust or aiokafka changed?)")
 
 
+def _settle_garbage_collector() -> None:
+    """Every message makes short-lived objects by the hundred, and each young collection walked
+    the long-lived ones too (modules, Faust's and Kafka's state): those are frozen once the
+    worker is up, and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def run_worker(settings: Settings) -> None:
+    # libuv's event loop: Faust makes several asyncio tasks and callbacks per message.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     deadline = time.monotonic() + 300
     while True:
         try:
