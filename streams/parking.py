@@ -9,7 +9,7 @@ in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,21 +42,6 @@ def retry_delay(attempts: int) -> float:
 
 def record_key(cmd: Command) -> RecordKey:
     return (cmd.source.value, cmd.entity, cmd.source_key)
-
-
-async def keys_with_parked(
-    conn: psycopg.AsyncConnection[Any], commands: Sequence[Command], releasing: Iterable[int]
-) -> set[RecordKey]:
-    """The records among `commands` that have changes parked (other than those being released)."""
-    keys = sorted({record_key(c) for c in commands})
-    cur = await conn.execute(
-        "SELECT DISTINCT p.source, p.entity, p.source_key FROM ofisync.parked p"
-        " JOIN unnest(%s::text[], %s::text[], %s::text[]) k(s, e, k)"
-        " ON p.source = k.s AND p.entity = k.e AND p.source_key = k.k"
-        " WHERE p.id <> ALL(%s::bigint[])",
-        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], list(releasing)),
-    )
-    return {(r[0], r[1], r[2]) for r in await cur.fetchall()}
 
 
 async def park(conn: psycopg.AsyncConnection[Any], cmd: Command, waiting: Waiting | None) -> None:

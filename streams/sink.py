@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from streams import documents, locks, parking
 from streams.conflicts import Policy
@@ -37,7 +40,7 @@ from streams.model import (
     CommandOp,
     Side,
 )
-from streams.parking import ParentKey, Waiting
+from streams.parking import ParentKey, RecordKey, Waiting
 from streams.rows import PERMANENT, Applied, BatchResult, Rows, ident
 from streams.translate import Translator
 from streams.working import WorkingSet
@@ -177,8 +180,7 @@ class Sink:
         ws = WorkingSet(conn, self.target)
         translator = Translator(ws, self.target, self.mapping())
         async with conn.transaction():
-            positions = await self._positions(conn, commands)
-            waiting = await parking.keys_with_parked(conn, commands, parked.values())
+            positions, waiting = await self._record_states(conn, commands, parked.values())
             await ws.load([c for c in commands if _row_write(c)])
             for cmd in commands:
                 parked_id = parked.get(id(cmd))
@@ -257,20 +259,20 @@ class Sink:
         writes they guard."""
         if not result.positions:
             return
-        keys = list(result.positions)
         await conn.execute(
             "INSERT INTO ofisync.applied (source, entity, source_key, lsn, commit_us)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[],"
-            " %s::bigint[])"
+            " SELECT * FROM jsonb_to_recordset(%s::jsonb)"
+            "  AS v(source text, entity text, source_key text, lsn bigint, commit_us bigint)"
             " ON CONFLICT (source, entity, source_key) DO UPDATE"
             " SET lsn = excluded.lsn, commit_us = excluded.commit_us,"
             " applied_at = clock_timestamp()",
             (
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [result.positions[k][0] for k in keys],
-                [result.positions[k][1] for k in keys],
+                _jsonb(
+                    [
+                        {"source": s, "entity": e, "source_key": k, "lsn": lsn, "commit_us": us}
+                        for (s, e, k), (lsn, us) in result.positions.items()
+                    ]
+                ),
             ),
         )
 
@@ -309,17 +311,31 @@ class Sink:
             result.dead.append((cmd, f"{type(exc).__name__}: {exc}".strip()))
             return _DEAD
 
-    async def _positions(
-        self, conn: psycopg.AsyncConnection[Any], commands: Sequence[Command]
-    ) -> dict[tuple[str, str, str], int]:
+    async def _record_states(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        commands: Sequence[Command],
+        releasing: Iterable[int],
+    ) -> tuple[dict[RecordKey, int], set[RecordKey]]:
+        """For the batch's records, in one statement: the position last applied to each, and
+        which have changes parked (other than the parked rows being released)."""
         keys = sorted({parking.record_key(c) for c in commands})
         cur = await conn.execute(
-            "SELECT a.source, a.entity, a.source_key, a.lsn FROM ofisync.applied a"
-            " JOIN unnest(%s::text[], %s::text[], %s::text[]) k(s, e, k)"
-            " ON a.source = k.s AND a.entity = k.e AND a.source_key = k.k",
-            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+            "SELECT k.s, k.e, k.k, a.lsn, EXISTS (SELECT FROM ofisync.parked p"
+            "  WHERE p.source = k.s AND p.entity = k.e AND p.source_key = k.k"
+            "  AND p.id <> ALL(%s::bigint[]))"
+            " FROM jsonb_to_recordset(%s::jsonb) AS k(s text, e text, k text)"
+            " LEFT JOIN ofisync.applied a"
+            "  ON a.source = k.s AND a.entity = k.e AND a.source_key = k.k",
+            (list(releasing), _jsonb([{"s": s, "e": e, "k": k} for s, e, k in keys])),
         )
-        return {(r[0], r[1], r[2]): int(r[3]) for r in await cur.fetchall()}
+        positions, waiting = {}, set()
+        for source, entity, key, lsn, has_parked in await cur.fetchall():
+            if lsn is not None:
+                positions[(source, entity, key)] = int(lsn)
+            if has_parked:
+                waiting.add((source, entity, key))
+        return positions, waiting
 
     async def _write_back(self, result: BatchResult) -> None:
         """After the target committed: link ids (and numbers) back into the source rows and
@@ -360,32 +376,43 @@ async def _link_back(
         earlier = rows.get(int(cmd.source_key))
         rows[int(cmd.source_key)] = (target_id, number or (earlier[1] if earlier else None))
     for (name, side), rows in by_table.items():
-        entity = ENTITIES[name]
-        link, number = entity.link(side), entity.link_number(side)
-        assert link is not None
-        assigned: list[tuple[sql.Composable, sql.Composable]] = [
-            (ident(link), sql.SQL("v.target_id"))
-        ]
-        if number:  # a number not known keeps what the row holds
-            assigned.append(
-                (ident(number), sql.SQL("coalesce(v.number, t.{})").format(ident(number)))
-            )
         await conn.execute(
-            sql.SQL(
-                "UPDATE {table} AS t SET {sets}"
-                " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, target_id, number)"
-                " WHERE t.id = v.id AND ({columns}) IS DISTINCT FROM ({values})"
-            ).format(
-                table=ident(entity.table(side)),
-                sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in assigned),
-                columns=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c, _ in assigned),
-                values=sql.SQL(", ").join(v for _, v in assigned),
-            ),
+            _link_back_sql(name, side),
             (list(rows), [r[0] for r in rows.values()], [r[1] for r in rows.values()]),
         )
 
 
+@cache
+def _link_back_sql(name: str, side: Side) -> str:
+    entity = ENTITIES[name]
+    link, number = entity.link(side), entity.link_number(side)
+    assert link is not None
+    assigned: list[tuple[sql.Composable, sql.Composable]] = [(ident(link), sql.SQL("v.target_id"))]
+    if number:  # a number not known keeps what the row holds
+        assigned.append((ident(number), sql.SQL("coalesce(v.number, t.{})").format(ident(number))))
+    return (
+        sql.SQL(
+            "UPDATE {table} AS t SET {sets}"
+            " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, target_id, number)"
+            " WHERE t.id = v.id AND ({columns}) IS DISTINCT FROM ({values})"
+        )
+        .format(
+            table=ident(entity.table(side)),
+            sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, v) for c, v in assigned),
+            columns=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c, _ in assigned),
+            values=sql.SQL(", ").join(v for _, v in assigned),
+        )
+        .as_string()
+    )
+
+
 _DEAD = object()
+
+
+def _jsonb(value: Any) -> Jsonb:
+    """A statement's rows as one JSON parameter (read with jsonb_to_recordset): one C call
+    instead of an array parameter per column dumped value by value."""
+    return Jsonb(value, dumps=orjson.dumps)
 
 
 def _row_write(cmd: Command) -> bool:

@@ -6,9 +6,9 @@ apply agents: commands → `Sink.apply` on the target database, translated with 
 that the mapping feed folds from the configuration topics (streams/feed.py).
 release task: parked changes → `Sink.release` when a parent gets linked or a back-off runs out.
 
-Faust acks a `take_events` batch when the body moves on, even after an exception or a
-cancellation, so the bodies never raise: unreachable databases are retried in place (offsets
-stay uncommitted and lag grows), anything else becomes a dead letter. For the same reason a stop
+The agents hand their events to a `Batcher` (streams/batching.py), which acknowledges them
+only after their batch's work is done. That work never raises: unreachable databases are retried
+in place (offsets stay uncommitted and lag grows), anything else becomes a dead letter. A stop
 signal does not go through Faust's graceful stop (which cancels the agents mid-batch and then
 commits): the worker finishes the batch in flight, flushes the producer and exits; what was
 applied but not yet committed is redelivered, and the applied positions make that a no-op.
@@ -28,6 +28,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -36,6 +37,7 @@ import uvloop
 from prometheus_client import generate_latest
 
 from streams import codec, metrics
+from streams.batching import Batcher
 from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
 from streams.feed import MappingFeed
@@ -55,11 +57,11 @@ log = logging.getLogger("ofisync.worker")
 WEB = resources.files("streams.web")
 
 CAPTURE_BATCH = 2000
-APPLY_BATCH = 500
-BATCH_WINDOW_S = 0.01
-# Commands wait a little longer to fill a batch: each target transaction costs a few round trips
-# whatever its size, so bigger batches under load are worth a few ms at light load.
-APPLY_WINDOW_S = 0.03
+APPLY_BATCH = 200  # messages, each a frame of commands
+# Batches start at most this often (streams/batching.py): the price of a batch (sends, a
+# transaction of a dozen statements) is paid at most 100 and 50 times a second.
+CAPTURE_EVERY_S = 0.01
+APPLY_EVERY_S = 0.02
 MAX_BACKOFF_S = 15.0
 FETCH_WAIT_MS = 25
 MAX_FRAME_BYTES = 512 * 1024  # Kafka refuses messages over 1 MiB by default
@@ -229,22 +231,38 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     wake = {side: asyncio.Event() for side in Side}
     parkings = dict.fromkeys(Side, 0)  # batches of each sink that parked something
 
+    async def _acknowledge(stream: Any, events: list[Any]) -> None:
+        for event in events:
+            await stream.ack(event)
+
     @app.agent(_raw_topic(app, *topics.captured_entities()))
     async def capture(stream: Any) -> None:
-        async for events in stream.take_events(CAPTURE_BATCH, BATCH_WINDOW_S):
-            async with in_flight.batch():
-                # One message per command partition for the whole batch: a record's commands
-                # keep their order (same partition, in order) at a fraction of a message each.
-                outgoing: dict[tuple[Side, int], list[Command]] = defaultdict(list)
-                for event in events:
-                    command = await _capture_one(event.message)
-                    if command is not None:
-                        target = command.target
-                        partition = partition_of(command.kafka_key, command_partitions[target])
-                        outgoing[(target, partition)].append(command)
-                for (target, partition), commands in outgoing.items():
-                    for frame in _frames(commands):
-                        await command_topics[target].send(value=frame, partition=partition)
+        batcher = Batcher(
+            "capture",
+            _capture,
+            partial(_acknowledge, stream),
+            CAPTURE_BATCH,
+            2 * CAPTURE_BATCH,
+            CAPTURE_EVERY_S,
+        )
+        async with batcher.running():
+            async for event in stream.noack().events():
+                await batcher.put(event)
+
+    async def _capture(events: list[Any]) -> None:
+        async with in_flight.batch():
+            # One message per command partition for the whole batch: a record's commands
+            # keep their order (same partition, in order) at a fraction of a message each.
+            outgoing: dict[tuple[Side, int], list[Command]] = defaultdict(list)
+            for event in events:
+                command = await _capture_one(event.message)
+                if command is not None:
+                    target = command.target
+                    partition = partition_of(command.kafka_key, command_partitions[target])
+                    outgoing[(target, partition)].append(command)
+            for (target, partition), commands in outgoing.items():
+                for frame in _frames(commands):
+                    await command_topics[target].send(value=frame, partition=partition)
 
     async def _capture_one(message: Any) -> Command | None:
         try:
@@ -274,13 +292,25 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         sink = sinks[target]
 
         async def apply(stream: Any) -> None:
-            async for events in stream.take_events(APPLY_BATCH, APPLY_WINDOW_S):
-                await feed.ready.wait()  # translate with the whole mapping, never half of it
-                async with in_flight.batch():
-                    await _apply_batch(sink, [e.message for e in events])
+            batcher = Batcher(
+                f"apply to {target.value}",
+                partial(_apply_events, sink),
+                partial(_acknowledge, stream),
+                APPLY_BATCH,
+                4 * APPLY_BATCH,
+                APPLY_EVERY_S,
+            )
+            async with batcher.running():
+                async for event in stream.noack().events():
+                    await batcher.put(event)
 
         apply.__name__ = f"apply_to_{target.value}"
         app.agent(command_topics[target], name=f"apply_to_{target.value}")(apply)
+
+    async def _apply_events(sink: Sink, events: list[Any]) -> None:
+        await feed.ready.wait()  # translate with the whole mapping, never half of it
+        async with in_flight.batch():
+            await _apply_batch(sink, [e.message for e in events])
 
     async def _apply_batch(sink: Sink, messages: Sequence[Any]) -> None:
         commands: list[tuple[Command, Any]] = []

@@ -15,14 +15,13 @@ Rows keep the values psycopg reads (dates, decimals, …); patches carry the sam
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from functools import partial
+from functools import cache, lru_cache, partial
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -53,26 +52,9 @@ async def select_rows(
     """The rows of `entity` on `side` with these ids or link values, locked in id order, each
     with its field clocks (CLOCKS)."""
     names = row_columns(entity, side)
-    table = entity.table(side)
-    link = entity.link(side)
-    where: list[sql.Composable] = [sql.SQL("t.id = ANY(%s::bigint[])")]
-    params: list[Any] = [list(ids)]
-    if link is not None and links:
-        where.append(sql.SQL("t.{} = ANY(%s::bigint[])").format(sql.Identifier(link)))
-        params.append(list(links))
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT {}, (SELECT coalesce(jsonb_object_agg(c.field, c.commit_us), '{{}}')"
-            " FROM ofisync.row_clocks({}, t.id::text) c) FROM {} t WHERE {}"
-            " ORDER BY t.id FOR UPDATE OF t"
-        ).format(
-            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(n)) for n in names),
-            sql.Literal(table),
-            sql.Identifier(table),
-            sql.SQL(" OR ").join(where),
-        ),
-        params,
-    )
+    by_link = entity.link(side) is not None and bool(links)
+    params = [list(ids), list(links)] if by_link else [list(ids)]
+    cur = await conn.execute(_select_sql(entity, side, by_link), params)
     found = []
     for values in await cur.fetchall():
         row = dict(zip(names, values[:-1], strict=True))
@@ -81,15 +63,103 @@ async def select_rows(
     return found
 
 
+# Statements are composed once per shape and kept as text: composing quotes every identifier
+# again, which cost more than the rest of a small batch's statements together.
+
+
+@cache
+def _select_sql(entity: Entity, side: Side, by_link: bool) -> str:
+    table, link = entity.table(side), entity.link(side)
+    where: list[sql.Composable] = [sql.SQL("t.id = ANY(%s::bigint[])")]
+    if by_link and link is not None:
+        where.append(sql.SQL("t.{} = ANY(%s::bigint[])").format(sql.Identifier(link)))
+    return (
+        sql.SQL(
+            "SELECT {}, (SELECT coalesce(jsonb_object_agg(c.field, c.commit_us), '{{}}')"
+            " FROM ofisync.row_clocks({}, t.id::text) c) FROM {} t WHERE {}"
+            " ORDER BY t.id FOR UPDATE OF t"
+        )
+        .format(
+            sql.SQL(", ").join(
+                sql.SQL("t.{}").format(sql.Identifier(n)) for n in row_columns(entity, side)
+            ),
+            sql.Literal(table),
+            sql.Identifier(table),
+            sql.SQL(" OR ").join(where),
+        )
+        .as_string()
+    )
+
+
+@cache
+def _parents_sql(table: str, link: str) -> str:
+    return (
+        sql.SQL("SELECT {link}, id FROM {table} WHERE {link} = ANY(%s::bigint[])")
+        .format(link=sql.Identifier(link), table=sql.Identifier(table))
+        .as_string()
+    )
+
+
+@cache
+def _delete_sql(table: str) -> str:
+    return (
+        sql.SQL("DELETE FROM {} WHERE id = ANY(%s::bigint[])")
+        .format(sql.Identifier(table))
+        .as_string()
+    )
+
+
+@lru_cache(maxsize=1024)
+def _insert_sql(table: str, names: tuple[str, ...], generated: str | None) -> str:
+    columns = [sql.Identifier(n) for n in names]
+    values: list[sql.Composable] = [sql.SQL("p.{}").format(c) for c in columns]
+    if generated is not None:
+        columns.append(sql.Identifier(generated))
+        values.append(sql.SQL("ofisync.next_file_number()"))
+    return (
+        sql.SQL(
+            "INSERT INTO {table} ({columns}) SELECT {values}"
+            " FROM jsonb_array_elements(%s::jsonb) e,"
+            " jsonb_populate_record(NULL::{table}, e.value) p RETURNING id, {number}"
+        )
+        .format(
+            table=sql.Identifier(table),
+            columns=sql.SQL(", ").join(columns),
+            values=sql.SQL(", ").join(values),
+            number=sql.Identifier(generated) if generated else sql.NULL,
+        )
+        .as_string()
+    )
+
+
+@lru_cache(maxsize=1024)
+def _update_sql(table: str, columns: tuple[str, ...]) -> str:
+    names = [sql.Identifier(c) for c in columns]
+    return (
+        sql.SQL(
+            "UPDATE {table} AS t SET ({columns}) = (SELECT {values}"
+            " FROM jsonb_populate_record(t, v.patch) p),"
+            " ofisync_deleted_at = CASE WHEN v.unlinked THEN clock_timestamp() END"
+            " FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, patch jsonb, unlinked boolean)"
+            " WHERE t.id = v.id"
+        )
+        .format(
+            table=sql.Identifier(table),
+            columns=sql.SQL(", ").join(names),
+            values=sql.SQL(", ").join(sql.SQL("p.{}").format(n) for n in names),
+        )
+        .as_string()
+    )
+
+
 def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.date | dt.datetime):
-        return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"{type(value).__name__} cannot go into a JSON patch")
 
 
-_json = partial(json.dumps, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+# orjson writes dates and times as ISO 8601, which PostgreSQL reads back into the column's type.
+_json = partial(orjson.dumps, default=_json_default)
 
 
 class WorkingSet:
@@ -190,12 +260,7 @@ class WorkingSet:
         wanted = sorted({v for v in source_ids if v not in known and v not in parents})
         if not wanted:
             return
-        cur = await self.conn.execute(
-            sql.SQL("SELECT {link}, id FROM {table} WHERE {link} = ANY(%s::bigint[])").format(
-                link=sql.Identifier(link), table=sql.Identifier(table)
-            ),
-            (wanted,),
-        )
+        cur = await self.conn.execute(_parents_sql(table, link), (wanted,))
         found = dict(await cur.fetchall())
         for value in wanted:
             self._parents[table][value] = found.get(value)
@@ -301,22 +366,26 @@ class WorkingSet:
         for entity in reversed(order):
             table = entity.table(self.target)
             if self._deletes[table]:
-                await self.conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE id = ANY(%s::bigint[])").format(
-                        sql.Identifier(table)
-                    ),
-                    (sorted(self._deletes[table]),),
-                )
+                await self.conn.execute(_delete_sql(table), (sorted(self._deletes[table]),))
         if self._stamps:
             stamps = list(self._stamps.items())
             await self.conn.execute(
                 "INSERT INTO ofisync.field_clock AS fc (tbl, pk, clocks)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[])"
+                " SELECT v.tbl, v.pk, v.clocks"
+                " FROM jsonb_to_recordset(%s::jsonb) AS v(tbl text, pk text, clocks jsonb)"
                 " ON CONFLICT (tbl, pk) DO UPDATE SET clocks = fc.clocks || excluded.clocks",
                 (
-                    [table for (table, _), _ in stamps],
-                    [pk for (_, pk), _ in stamps],
-                    [Jsonb({f: f"t:{us}" for f, us in s.items()}) for _, s in stamps],
+                    Jsonb(
+                        [
+                            {
+                                "tbl": table,
+                                "pk": pk,
+                                "clocks": {f: f"t:{us}" for f, us in s.items()},
+                            }
+                            for (table, pk), s in stamps
+                        ],
+                        dumps=orjson.dumps,
+                    ),
                 ),
             )
         if self._conflicts:
@@ -335,23 +404,8 @@ class WorkingSet:
         for row, generated in self._inserts[table]:
             groups[(tuple(row), generated)].append(row)
         for (names, generated), rows in groups.items():
-            columns = [sql.Identifier(n) for n in names]
-            values: list[sql.Composable] = [sql.SQL("p.{}").format(c) for c in columns]
-            if generated is not None:
-                columns.append(sql.Identifier(generated))
-                values.append(sql.SQL("ofisync.next_file_number()"))
             cur = await self.conn.execute(
-                sql.SQL(
-                    "INSERT INTO {table} ({columns}) SELECT {values}"
-                    " FROM jsonb_array_elements(%s::jsonb) e,"
-                    " jsonb_populate_record(NULL::{table}, e.value) p RETURNING id, {number}"
-                ).format(
-                    table=sql.Identifier(table),
-                    columns=sql.SQL(", ").join(columns),
-                    values=sql.SQL(", ").join(values),
-                    number=sql.Identifier(generated) if generated else sql.NULL,
-                ),
-                (Jsonb(rows, dumps=_json),),
+                _insert_sql(table, names, generated), (Jsonb(rows, dumps=_json),)
             )
             if generated is not None:
                 for target_id, number in await cur.fetchall():
@@ -364,23 +418,9 @@ class WorkingSet:
         patches = self._patches[table]
         if not patches:
             return
-        columns = sorted({c for patch in patches.values() for c in patch})
-        names = [sql.Identifier(c) for c in columns]
+        columns = tuple(sorted({c for patch in patches.values() for c in patch}))
         changes = [
             {"id": target_id, "patch": patch, "unlinked": self._unlinked[table][target_id]}
             for target_id, patch in patches.items()
         ]
-        await self.conn.execute(
-            sql.SQL(
-                "UPDATE {table} AS t SET ({columns}) = (SELECT {values}"
-                " FROM jsonb_populate_record(t, v.patch) p),"
-                " ofisync_deleted_at = CASE WHEN v.unlinked THEN clock_timestamp() END"
-                " FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, patch jsonb, unlinked boolean)"
-                " WHERE t.id = v.id"
-            ).format(
-                table=sql.Identifier(table),
-                columns=sql.SQL(", ").join(names),
-                values=sql.SQL(", ").join(sql.SQL("p.{}").format(n) for n in names),
-            ),
-            (Jsonb(changes, dumps=_json),),
-        )
+        await self.conn.execute(_update_sql(table, columns), (Jsonb(changes, dumps=_json),))

@@ -1,0 +1,99 @@
+"""Natural batching (worker): between a Faust agent and the work it feeds.
+
+Faust's `take_events` waits out its whole window for every batch, and gathers the next batch
+only once the body returns: a batch is what arrives in one window. A short window made many
+small batches under load, each paying a transaction's or a send's fixed cost; a long one made
+every change wait at light load. Here the agent hands its events over and goes back for more at
+once, and one task works through what has gathered, all of it (up to a limit) in one go, as soon
+as the batch before it is done, and at most every `min_interval_s`: a change that arrives alone
+goes alone and at once, and under load what arrives meanwhile joins the next batch, so the fixed
+cost of a batch (a transaction of a dozen statements, a send per partition) is shared.
+
+Items are handed to `done` (which acknowledges them) in the order they came, and only after
+their work: offsets still move only past committed work, and a record's changes keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger("ofisync.batching")
+
+T = TypeVar("T")
+
+RETRY_S = 1.0
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[list[T]], Awaitable[None]],
+        done: Callable[[list[T]], Awaitable[None]],
+        max_batch: int,
+        max_waiting: int,
+        min_interval_s: float = 0.0,
+    ) -> None:
+        self.name = name
+        self._work = work
+        self._done = done
+        self._max_batch = max_batch
+        self._max_waiting = max_waiting  # past this, `put` waits: the agent stops reading
+        self._min_interval_s = min_interval_s
+        self._last_start = -min_interval_s
+        self._waiting: list[T] = []
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, item: T) -> None:
+        await self._room.wait()
+        self._waiting.append(item)
+        self._arrived.set()
+        if len(self._waiting) >= self._max_waiting:
+            self._room.clear()
+
+    def take(self) -> list[T]:
+        """The next batch: the oldest waiting items, up to the limit."""
+        batch = self._waiting[: self._max_batch]
+        del self._waiting[: self._max_batch]
+        if not self._waiting:
+            self._arrived.clear()
+        if len(self._waiting) < self._max_waiting:
+            self._room.set()
+        return batch
+
+    async def run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            delay = self._last_start + self._min_interval_s - asyncio.get_running_loop().time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._last_start = asyncio.get_running_loop().time()
+            batch = self.take()
+            while True:
+                try:
+                    await self._work(batch)
+                    break
+                except Exception:
+                    # The work handles what it can (dead letters, retries); what escapes is a
+                    # bug, and the batch is neither skipped nor acknowledged: it is tried again.
+                    log.exception(
+                        "%s: a batch failed; trying it again in %.0f s", self.name, RETRY_S
+                    )
+                    await asyncio.sleep(RETRY_S)
+            await self._done(batch)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Batcher[T]]:
+        task = asyncio.ensure_future(self.run())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,137 @@
+"""Natural batching: order, acknowledgement after work, growth under load, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from streams import batching
+from streams.batching import Batcher
+
+DEADLINE_S = 5.0
+
+
+def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """A coroutine test run to completion on its own event loop."""
+
+    @functools.wraps(test)
+    def sync(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return sync
+
+
+class Recorder:
+    """The work and the acknowledgement of a Batcher, recorded; the work can be held."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.done: list[int] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+        self.failures = 0
+
+    async def work(self, batch: list[int]) -> None:
+        self.started.set()
+        await self.release.wait()
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("a bug")
+        self.batches.append(batch)
+
+    async def ack(self, batch: list[int]) -> None:
+        assert batch == self.batches[-1], "acknowledged before its work was done"
+        self.done += batch
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), DEADLINE_S)
+
+
+def batcher(
+    r: Recorder, max_batch: int = 100, max_waiting: int = 1000, every: float = 0.0
+) -> Batcher[int]:
+    return Batcher("test", r.work, r.ack, max_batch, max_waiting, every)
+
+
+@run
+async def test_every_item_is_acknowledged_once_in_order_after_its_work() -> None:
+    r = Recorder()
+    async with batcher(r, max_batch=7).running() as b:
+        for i in range(50):
+            await b.put(i)
+        await until(lambda: len(r.done) == 50)
+    assert r.done == list(range(50))
+    assert all(len(batch) <= 7 for batch in r.batches)
+
+
+@run
+async def test_a_lone_item_goes_at_once_and_items_arriving_meanwhile_join_the_next_batch() -> None:
+    r = Recorder()
+    async with batcher(r).running() as b:
+        r.release.clear()
+        await b.put(0)
+        await until(r.started.is_set)  # the first batch is being worked on: it holds item 0 alone
+        for i in range(1, 20):
+            await b.put(i)
+        r.release.set()
+        await until(lambda: len(r.done) == 20)
+    assert r.batches == [[0], list(range(1, 20))]
+
+
+@run
+async def test_batches_start_at_most_every_min_interval() -> None:
+    r = Recorder()
+    starts: list[float] = []
+
+    async def timed(batch: list[int]) -> None:
+        starts.append(asyncio.get_running_loop().time())
+        await r.work(batch)
+
+    b = Batcher("test", timed, r.ack, 100, 1000, 0.05)
+    async with b.running():
+        for count in (1, 2, 3):
+            await b.put(count)
+            await until(functools.partial(lambda n: len(r.done) == n, count))
+    assert all(later - earlier >= 0.049 for earlier, later in itertools.pairwise(starts))
+
+
+@run
+async def test_put_waits_while_too_many_items_wait() -> None:
+    r = Recorder()
+    async with batcher(r, max_batch=2, max_waiting=4).running() as b:
+        r.release.clear()
+        await b.put(0)
+        await until(r.started.is_set)
+        for i in range(1, 5):
+            await b.put(i)
+        blocked = asyncio.ensure_future(b.put(5))
+        await asyncio.sleep(0)
+        assert not blocked.done()  # four wait: the agent stops reading
+        r.release.set()
+        await asyncio.wait_for(blocked, DEADLINE_S)
+        await until(lambda: len(r.done) == 6)
+    assert r.done == list(range(6))
+
+
+@run
+async def test_a_batch_whose_work_fails_is_tried_again_not_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "RETRY_S", 0.0)
+    r = Recorder()
+    r.failures = 2
+    async with batcher(r).running() as b:
+        await b.put(1)
+        await until(lambda: r.done == [1])
+    assert r.batches == [[1]]
