@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 import urllib.request
 from collections import deque
@@ -77,17 +78,22 @@ class Latencies:
 
     def __init__(self) -> None:
         self._seen: deque[tuple[float, str, float]] = deque(maxlen=200_000)
+        # The worker's loop adds while the dashboard sampler (a thread) reads.
+        self._lock = threading.Lock()
 
     def add(self, direction: str, seconds: float) -> None:
-        self._seen.append((time.monotonic(), direction, seconds))
+        with self._lock:
+            self._seen.append((time.monotonic(), direction, seconds))
 
     def window(self) -> dict[str, dict[str, float | None]]:
         since = time.monotonic() - LATENCY_WINDOW_S
-        while self._seen and self._seen[0][0] < since:
-            self._seen.popleft()
+        with self._lock:
+            while self._seen and self._seen[0][0] < since:
+                self._seen.popleft()
+            seen = list(self._seen)
         out = {}
         for direction in ("erp_to_crm", "crm_to_erp"):
-            values = [s for _, d, s in self._seen if d == direction]
+            values = [s for _, d, s in seen if d == direction]
             out[direction] = {
                 "p50": percentile(values, 0.5),
                 "p99": percentile(values, 0.99),

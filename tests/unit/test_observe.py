@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.observe import WAL_BOUND, percentile, problems
+from streams.observe import WAL_BOUND, Latencies, percentile, problems
 
 
 def healthy() -> dict[str, Any]:
@@ -62,3 +63,21 @@ def test_percentiles_by_nearest_rank() -> None:
 @given(st.lists(st.floats(min_value=0, max_value=1e6), min_size=1), st.floats(0, 1))
 def test_a_percentile_is_one_of_the_values(values: list[float], q: float) -> None:
     assert percentile(values, q) in values
+
+
+def test_latencies_can_be_read_while_they_are_added() -> None:
+    # The worker's loop adds latencies while the dashboard sampler, a thread, reads them.
+    latencies = Latencies()
+    for _ in range(20_000):
+        latencies.add("erp_to_crm", 0.1)
+
+    def add() -> None:
+        for _ in range(100_000):
+            latencies.add("crm_to_erp", 0.2)
+
+    adder = threading.Thread(target=add)
+    adder.start()
+    while adder.is_alive():
+        assert latencies.window()["erp_to_crm"]["count"] == 20_000
+    adder.join()
+    assert latencies.window()["crm_to_erp"]["count"] == 100_000
