@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -231,23 +231,28 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     wake = {side: asyncio.Event() for side in Side}
     parkings = dict.fromkeys(Side, 0)  # batches of each sink that parked something
 
-    async def _acknowledge(stream: Any, events: list[Any]) -> None:
-        for event in events:
-            await stream.ack(event)
+    async def _drain(
+        stream: Any,
+        name: str,
+        work: Callable[[list[Any]], Awaitable[None]],
+        most: int,
+        every: float,
+    ) -> None:
+        """An agent's body: its events, not acknowledged yet, go to a batcher that works through
+        them and then acknowledges them."""
 
-    @app.agent(_raw_topic(app, *topics.captured_entities()))
-    async def capture(stream: Any) -> None:
-        batcher = Batcher(
-            "capture",
-            _capture,
-            partial(_acknowledge, stream),
-            CAPTURE_BATCH,
-            2 * CAPTURE_BATCH,
-            CAPTURE_EVERY_S,
-        )
+        async def acknowledge(events: list[Any]) -> None:
+            for event in events:
+                await stream.ack(event)
+
+        batcher = Batcher(name, work, acknowledge, most, 2 * most, every)
         async with batcher.running():
             async for event in stream.noack().events():
                 await batcher.put(event)
+
+    @app.agent(_raw_topic(app, *topics.captured_entities()))
+    async def capture(stream: Any) -> None:
+        await _drain(stream, "capture", _capture, CAPTURE_BATCH, CAPTURE_EVERY_S)
 
     async def _capture(events: list[Any]) -> None:
         async with in_flight.batch():
@@ -292,17 +297,8 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         sink = sinks[target]
 
         async def apply(stream: Any) -> None:
-            batcher = Batcher(
-                f"apply to {target.value}",
-                partial(_apply_events, sink),
-                partial(_acknowledge, stream),
-                APPLY_BATCH,
-                4 * APPLY_BATCH,
-                APPLY_EVERY_S,
-            )
-            async with batcher.running():
-                async for event in stream.noack().events():
-                    await batcher.put(event)
+            work = partial(_apply_events, sink)
+            await _drain(stream, f"apply to {target.value}", work, APPLY_BATCH, APPLY_EVERY_S)
 
         apply.__name__ = f"apply_to_{target.value}"
         app.agent(command_topics[target], name=f"apply_to_{target.value}")(apply)
