@@ -23,10 +23,8 @@ from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any, TypeVar
 
-import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from streams import documents, locks, parking
 from streams.conflicts import Policy
@@ -43,7 +41,7 @@ from streams.model import (
 from streams.parking import ParentKey, RecordKey, Waiting
 from streams.rows import PERMANENT, Applied, BatchResult, Rows, ident
 from streams.translate import Translator
-from streams.working import WorkingSet
+from streams.working import WorkingSet, json_rows
 
 log = logging.getLogger("ofisync.sink")
 
@@ -267,7 +265,7 @@ class Sink:
             " SET lsn = excluded.lsn, commit_us = excluded.commit_us,"
             " applied_at = clock_timestamp()",
             (
-                _jsonb(
+                json_rows(
                     [
                         {"source": s, "entity": e, "source_key": k, "lsn": lsn, "commit_us": us}
                         for (s, e, k), (lsn, us) in result.positions.items()
@@ -327,7 +325,7 @@ class Sink:
             " FROM jsonb_to_recordset(%s::jsonb) AS k(s text, e text, k text)"
             " LEFT JOIN ofisync.applied a"
             "  ON a.source = k.s AND a.entity = k.e AND a.source_key = k.k",
-            (list(releasing), _jsonb([{"s": s, "e": e, "k": k} for s, e, k in keys])),
+            (list(releasing), json_rows([{"s": s, "e": e, "k": k} for s, e, k in keys])),
         )
         positions, waiting = {}, set()
         for source, entity, key, lsn, has_parked in await cur.fetchall():
@@ -407,12 +405,6 @@ def _link_back_sql(name: str, side: Side) -> str:
 
 
 _DEAD = object()
-
-
-def _jsonb(value: Any) -> Jsonb:
-    """A statement's rows as one JSON parameter (read with jsonb_to_recordset): one C call
-    instead of an array parameter per column dumped value by value."""
-    return Jsonb(value, dumps=orjson.dumps)
 
 
 def _row_write(cmd: Command) -> bool:

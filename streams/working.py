@@ -162,6 +162,12 @@ def _json_default(value: Any) -> Any:
 _json = partial(orjson.dumps, default=_json_default)
 
 
+def json_rows(rows: Any) -> Jsonb:
+    """A statement's rows as one JSON parameter (read with jsonb_to_recordset and the like): one
+    C call, where an array parameter per column was dumped value by value."""
+    return Jsonb(rows, dumps=_json)
+
+
 class WorkingSet:
     """One batch's target rows and its pending writes (see the module docstring)."""
 
@@ -368,23 +374,21 @@ class WorkingSet:
             if self._deletes[table]:
                 await self.conn.execute(_delete_sql(table), (sorted(self._deletes[table]),))
         if self._stamps:
-            stamps = list(self._stamps.items())
             await self.conn.execute(
                 "INSERT INTO ofisync.field_clock AS fc (tbl, pk, clocks)"
                 " SELECT v.tbl, v.pk, v.clocks"
                 " FROM jsonb_to_recordset(%s::jsonb) AS v(tbl text, pk text, clocks jsonb)"
                 " ON CONFLICT (tbl, pk) DO UPDATE SET clocks = fc.clocks || excluded.clocks",
                 (
-                    Jsonb(
+                    json_rows(
                         [
                             {
                                 "tbl": table,
                                 "pk": pk,
                                 "clocks": {f: f"t:{us}" for f, us in s.items()},
                             }
-                            for (table, pk), s in stamps
-                        ],
-                        dumps=orjson.dumps,
+                            for (table, pk), s in self._stamps.items()
+                        ]
                     ),
                 ),
             )
@@ -404,9 +408,7 @@ class WorkingSet:
         for row, generated in self._inserts[table]:
             groups[(tuple(row), generated)].append(row)
         for (names, generated), rows in groups.items():
-            cur = await self.conn.execute(
-                _insert_sql(table, names, generated), (Jsonb(rows, dumps=_json),)
-            )
+            cur = await self.conn.execute(_insert_sql(table, names, generated), (json_rows(rows),))
             if generated is not None:
                 for target_id, number in await cur.fetchall():
                     self.numbers[(table, target_id)] = number
@@ -423,4 +425,4 @@ class WorkingSet:
             {"id": target_id, "patch": patch, "unlinked": self._unlinked[table][target_id]}
             for target_id, patch in patches.items()
         ]
-        await self.conn.execute(_update_sql(table, columns), (Jsonb(changes, dumps=_json),))
+        await self.conn.execute(_update_sql(table, columns), (json_rows(changes),))
