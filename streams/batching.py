@@ -11,6 +11,8 @@ cost of a batch (a transaction of a dozen statements, a send per partition) is s
 
 Items are handed to `done` (which acknowledges them) in the order they came, and only after
 their work: offsets still move only past committed work, and a record's changes keep their order.
+Should the batcher itself stop on an error (in `done`, say), `on_failure` hears of it: left
+alone, its agent would stall unseen at the back-pressure limit.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Batcher(Generic[T]):
         max_batch: int,
         max_waiting: int,
         min_interval_s: float = 0.0,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.name = name
         self._work = work
@@ -44,6 +47,7 @@ class Batcher(Generic[T]):
         self._max_batch = max_batch
         self._max_waiting = max_waiting  # past this, `put` waits: the agent stops reading
         self._min_interval_s = min_interval_s
+        self._on_failure = on_failure
         self._last_start = -min_interval_s
         self._waiting: list[T] = []
         self._arrived = asyncio.Event()
@@ -91,9 +95,21 @@ class Batcher(Generic[T]):
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Batcher[T]]:
         task = asyncio.ensure_future(self.run())
+        task.add_done_callback(self._ended)
         try:
             yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.done():  # one that stopped on an error was reported by `_ended`
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _ended(self, task: asyncio.Future[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        log.critical("%s: the batcher stopped on an error", self.name, exc_info=error)
+        if self._on_failure is not None:
+            self._on_failure(error)

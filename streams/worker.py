@@ -245,7 +245,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             for event in events:
                 await stream.ack(event)
 
-        batcher = Batcher(name, work, acknowledge, most, 2 * most, every)
+        batcher = Batcher(name, work, acknowledge, most, 2 * most, every, _exit_for_restart)
         async with batcher.running():
             async for event in stream.noack().events():
                 await batcher.put(event)
@@ -498,6 +498,15 @@ def _frames(commands: Sequence[Command]) -> list[bytes]:
         return [frame]
     half = len(commands) // 2
     return _frames(commands[:half]) + _frames(commands[half:])
+
+
+def _exit_for_restart(error: BaseException) -> None:
+    """An agent whose batcher stopped would hold its partitions and read nothing more: the worker
+    exits instead, so its supervisor (compose, or `ofisync up`) starts it again, and what was not
+    acknowledged is read again (the applied positions make that a no-op where it was applied)."""
+    log.critical("an agent stopped (above); the worker exits to be restarted")
+    logging.shutdown()
+    os._exit(70)
 
 
 async def _shorten_fetch_wait(app: faust.App) -> None:

@@ -135,3 +135,18 @@ async def test_a_batch_whose_work_fails_is_tried_again_not_acknowledged(
         await b.put(1)
         await until(lambda: r.done == [1])
     assert r.batches == [[1]]
+
+
+@run
+async def test_a_batcher_that_stops_on_an_error_says_so() -> None:
+    r = Recorder()
+    failures: list[BaseException] = []
+
+    async def broken_ack(batch: list[int]) -> None:
+        raise RuntimeError("the acknowledgement broke")
+
+    b = Batcher("test", r.work, broken_ack, 100, 1000, on_failure=failures.append)
+    async with b.running():
+        await b.put(1)
+        await until(lambda: bool(failures))
+    assert str(failures[0]) == "the acknowledgement broke"
