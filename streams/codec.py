@@ -1,9 +1,12 @@
 """Command serialization: Avro (fastavro) with the schemas in schemas/command/v<N>.avsc.
 
 Frame: one zero byte, one byte of schema version, then the Avro body. A version is either one
-command (v1–v3) or a batch of commands (v4: what the capture agent sends, one message per
-partition per capture batch); readers resolve any older writer version of either kind to the
-newest schema of that kind, so schemas evolve compatibly (tested).
+command (v1–v3: `ofisync.Command`) or a batch of commands (what the capture agent sends, one
+message per partition per capture batch: v4 `ofisync.CommandBatch`, a record per value; v5
+`ofisync.Commands`, values as parallel arrays with a value before only where it differs from the
+one after). A reader resolves an older writer version to the newest schema of the same name, so
+schemas evolve compatibly (tested); a new layout takes a new name, and every layout stays
+readable.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class CodecError(ValueError):
     pass
 
 
-BATCH = "ofisync.CommandBatch"
+BATCHES = ("ofisync.CommandBatch", "ofisync.Commands")
 
 
 @cache
@@ -42,7 +45,14 @@ def schemas() -> dict[int, Any]:
 
 @cache
 def is_batch(version: int) -> bool:
-    return bool(schemas()[version]["name"] == BATCH)
+    return schemas()[version]["name"] in BATCHES
+
+
+@cache
+def reader_of(version: int) -> int:
+    """The newest version of the same name as `version`: the one its frames are read as."""
+    name = schemas()[version]["name"]
+    return max(v for v, schema in schemas().items() if schema["name"] == name)
 
 
 @cache
@@ -70,6 +80,33 @@ def _record(cmd: Command) -> dict[str, Any]:
     }
 
 
+def _columns(cmd: Command) -> dict[str, Any]:
+    values = cmd.values
+    before_at = [
+        i
+        for i, v in enumerate(values)
+        if v.before is not v.after
+        and (v.before != v.after or type(v.before) is not type(v.after))  # 1 == True, and more
+    ]
+    return {
+        "source": cmd.source.value,
+        "entity": cmd.entity,
+        "op": cmd.op.value,
+        "source_key": cmd.source_key,
+        "link_key": cmd.link_key,
+        "lsn": cmd.lsn,
+        "commit_us": cmd.commit_us,
+        "full": cmd.full,
+        "fields": [v.field for v in values],
+        "after": [v.after for v in values],
+        "changed": [v.changed for v in values],
+        "before_at": before_at,
+        "before": [values[i].before for i in before_at],
+        "actor": cmd.actor,
+        "replay": cmd.replay,
+    }
+
+
 def _frame(version: int, record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     buf.write(bytes((MAGIC, version)))
@@ -82,7 +119,7 @@ def encode(cmd: Command) -> bytes:
 
 
 def encode_batch(commands: Sequence[Command]) -> bytes:
-    return _frame(latest_version(batch=True), {"commands": [_record(c) for c in commands]})
+    return _frame(latest_version(batch=True), {"commands": [_columns(c) for c in commands]})
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
@@ -94,7 +131,7 @@ def decode_record(data: bytes) -> dict[str, Any]:
     writer = schemas().get(version)
     if writer is None:
         raise CodecError(f"command schema v{version} is unknown to this worker; upgrade it")
-    newest = latest_version(batch=is_batch(version))
+    newest = reader_of(version)
     # Resolving a schema against itself gives the same record, only slower.
     reader = None if newest == version else schemas()[newest]
     try:
@@ -126,6 +163,22 @@ _SIDES = {side.value: side for side in Side}
 _OPS = {op.value: op for op in CommandOp}
 
 
+def _values(r: dict[str, Any]) -> tuple[FieldValue, ...]:
+    if "values" in r:
+        return tuple(
+            FieldValue(v["field"], v["before"], v["after"], v["changed"]) for v in r["values"]
+        )
+    fields, after, changed, before_at = r["fields"], r["after"], r["changed"], r["before_at"]
+    if not len(fields) == len(after) == len(changed) or len(before_at) != len(r["before"]):
+        raise CodecError("a command's value arrays differ in length")
+    if any(not 0 <= at < len(after) for at in before_at):
+        raise CodecError("a command's before_at points past its fields")
+    before = list(after)
+    for at, value in zip(before_at, r["before"], strict=True):
+        before[at] = value
+    return tuple(map(FieldValue, fields, before, after, changed))
+
+
 def _command(r: dict[str, Any]) -> Command:
     return Command(
         source=_SIDES[r["source"]],
@@ -136,9 +189,7 @@ def _command(r: dict[str, Any]) -> Command:
         lsn=r["lsn"],
         commit_us=r["commit_us"],
         full=r["full"],
-        values=tuple(
-            FieldValue(v["field"], v["before"], v["after"], v["changed"]) for v in r["values"]
-        ),
+        values=_values(r),
         actor=r.get("actor"),
         replay=bool(r.get("replay", False)),
     )

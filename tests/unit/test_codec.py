@@ -36,16 +36,60 @@ def test_round_trip_keeps_values_and_their_types(
         assert type(a.after) is type(b.after) and type(a.before) is type(b.before)
 
 
-def test_every_schema_version_is_read_by_the_newest_of_its_kind() -> None:
+def test_every_schema_version_is_read_by_the_newest_of_its_name() -> None:
     for version, schema in codec.schemas().items():
-        batch = codec.is_batch(version)
-        newest = codec.schemas()[codec.latest_version(batch=batch)]
-        sample = {"commands": [_sample(), _sample()]} if batch else _sample()
+        newest = codec.reader_of(version)
+        sample = _SAMPLES[schema["name"]]
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, sample)
         buf.seek(0)
-        fastavro.schemaless_reader(buf, schema, newest)  # raises on incompatibility
-        assert version <= codec.latest_version(batch=batch)
+        fastavro.schemaless_reader(buf, schema, codec.schemas()[newest])  # raises if incompatible
+        assert version <= newest <= codec.latest_version(batch=codec.is_batch(version))
+
+
+@given(
+    st.lists(
+        st.lists(st.tuples(st.text(max_size=3), canonical, canonical, st.booleans()), max_size=4),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_batch_round_trip_keeps_every_value_and_its_type(batch: list[list[Any]]) -> None:
+    commands = [
+        _command(n, tuple(FieldValue(*v) for v in values)) for n, values in enumerate(batch)
+    ]
+    back = codec.decode_all(codec.encode_batch(commands))
+    assert back == commands
+    for cmd, read in zip(commands, back, strict=True):
+        assert [(type(v.before), type(v.after)) for v in cmd.values] == [
+            (type(v.before), type(v.after)) for v in read.values
+        ]
+
+
+def test_equal_values_of_different_types_keep_their_before() -> None:
+    values = (FieldValue("vip", 1, True, False), FieldValue("city", "Lugo", "Lugo", False))
+    (back,) = codec.decode_all(codec.encode_batch([_command(1, values)]))
+    assert type(back.values[0].before) is int and back.values[1].before == "Lugo"
+
+
+def test_a_version_4_batch_decodes_to_the_same_commands() -> None:
+    values = (FieldValue("name", "old", "new", True), FieldValue("city", "Vigo", "Vigo", False))
+    commands = [_command(n, values) for n in range(3)]
+    v4 = codec._frame(4, {"commands": [codec._record(c) for c in commands]})
+    assert codec.decode_all(v4) == commands
+
+
+def test_a_batch_whose_value_arrays_disagree_is_a_codec_error() -> None:
+    good = codec._columns(_command(1, (FieldValue("name", "a", "b", True),)))
+    broken_parts: list[dict[str, Any]] = [{"after": []}, {"before_at": [5]}, {"before_at": [0, 0]}]
+    for broken in broken_parts:
+        frame = codec._frame(codec.latest_version(batch=True), {"commands": [good | broken]})
+        with pytest.raises(codec.CodecError):
+            codec.decode_all(frame)
+
+
+def _command(n: int, values: tuple[FieldValue, ...]) -> Command:
+    return Command(Side.ERP, "client", CommandOp.UPSERT, str(n), None, n, n, False, values)
 
 
 def test_a_batch_keeps_its_commands_in_order_and_one_command_frames_still_decode() -> None:
@@ -78,6 +122,11 @@ def test_bad_frames_are_reasoned_errors() -> None:
         codec.decode(b"\x00\x7f")
 
 
+def _columnar_sample() -> dict[str, Any]:
+    values = {"fields": ["name"], "after": ["x"], "changed": [True], "before_at": [], "before": []}
+    return {k: v for k, v in _sample().items() if k != "values"} | values
+
+
 def _sample() -> dict[str, Any]:
     return {
         "source": "erp",
@@ -90,6 +139,13 @@ def _sample() -> dict[str, Any]:
         "full": True,
         "values": [{"field": "name", "before": None, "after": "x", "changed": True}],
     }
+
+
+_SAMPLES = {
+    "ofisync.Command": _sample(),
+    "ofisync.CommandBatch": {"commands": [_sample(), _sample()]},
+    "ofisync.Commands": {"commands": [_columnar_sample(), _columnar_sample()]},
+}
 
 
 @given(st.integers(min_value=2, max_value=60))
