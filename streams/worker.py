@@ -40,6 +40,7 @@ from streams import codec, metrics
 from streams.batching import Batcher
 from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
+from streams.eager import hand_over_eagerly
 from streams.feed import MappingFeed
 from streams.model import Command, Side
 from streams.observe import Observer, attention
@@ -445,6 +446,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         # Faust's Monitor counts every message and event for its own /stats page, which ofisync
         # does not serve (its figures are in /metrics): no need to pay it for each message.
         app.sensors.remove(app.monitor)
+        hand_over_eagerly(app.consumer)  # streams/eager.py
         _settle_garbage_collector()
         log.info(
             "ofisync worker running (tenant %s, conflict policy %s)", settings.tenant, policy.value
