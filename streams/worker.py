@@ -443,9 +443,6 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     async def started() -> None:
         state["state"] = "running"
         await _shorten_fetch_wait(app)
-        # Faust's Monitor counts every message and event for its own /stats page, which ofisync
-        # does not serve (its figures are in /metrics): no need to pay it for each message.
-        app.sensors.remove(app.monitor)
         hand_over_eagerly(app.consumer)  # streams/eager.py
         _settle_garbage_collector()
         log.info(
