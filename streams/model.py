@@ -170,6 +170,15 @@ class Entity:
         rules walk it for every change, so it is computed once per entity and side."""
         return _crossing(self, source)
 
+    def by_column(self, side: Side) -> dict[str, Field]:
+        """The fields by their column on `side` (computed once per entity and side)."""
+        return _by_column(self, side)
+
+
+@cache
+def _by_column(entity: Entity, side: Side) -> dict[str, Field]:
+    return {f.column(side): f for f in entity.fields}
+
 
 @cache
 def _crossing(entity: Entity, source: Side) -> tuple[tuple[str, str], ...]:

@@ -8,7 +8,7 @@ makes the change wait (parked). Sellers, branches and vocabularies go through th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from streams.mapping import Mapping
 from streams.model import ENTITIES, Canonical, Command, Entity, Field, Kind, Side, Via
@@ -16,9 +16,9 @@ from streams.parking import Waiting
 from streams.working import WorkingSet
 
 
-@dataclass(frozen=True)
-class Translated:
-    """A field's values in the target's terms, and the target column they go to."""
+class Translated(NamedTuple):
+    """A field's values in the target's terms, and the target column they go to (a named tuple:
+    the sink builds one per changed field)."""
 
     column: str
     kind: Kind
@@ -37,18 +37,23 @@ class Translator:
     async def command_values(
         self, entity: Entity, cmd: Command, only_changed: bool
     ) -> list[Translated] | Waiting:
-        by_column = {f.column(self.target): f for f in entity.fields}
+        by_column = entity.by_column(self.target)
         out = []
         for v in cmd.changed() if only_changed else cmd.values:
             f = by_column.get(v.field)
             if f is None:
                 continue
-            after = await self._value(f, v.after, report=True)
-            if isinstance(after, Waiting):
-                return after
-            before = None if cmd.full else await self._value(f, v.before, report=False)
-            if isinstance(before, Waiting):
-                before = None
+            before: Canonical | Waiting
+            if f.via is Via.REF:  # the only kind that reads the database: the rest stay sync
+                after = await self._parent(f, v.after)
+                if isinstance(after, Waiting):
+                    return after
+                before = None if cmd.full else await self._parent(f, v.before)
+                if isinstance(before, Waiting):
+                    before = None
+            else:
+                after = self._plain(f, v.after, report=True)
+                before = None if cmd.full else self._plain(f, v.before, report=False)
             out.append(Translated(v.field, f.kind_on(self.target), f.via, before, after))
         return out
 
@@ -71,6 +76,9 @@ class Translator:
     async def _value(self, f: Field, value: Canonical, report: bool) -> Canonical | Waiting:
         if f.via is Via.REF:
             return await self._parent(f, value)
+        return self._plain(f, value, report)
+
+    def _plain(self, f: Field, value: Canonical, report: bool) -> Canonical:
         if f.via in (Via.SAME, Via.NUMBER):
             return value
         mapped = self.mapping.translate(f.via, value, self.target)
