@@ -61,7 +61,8 @@ def latest_version(batch: bool = False) -> int:
     return max(v for v in schemas() if is_batch(v) == batch)
 
 
-def _record(cmd: Command) -> dict[str, Any]:
+def _about(cmd: Command) -> dict[str, Any]:
+    """Every field of a command's record but its values (the same in every version)."""
     return {
         "source": cmd.source.value,
         "entity": cmd.entity,
@@ -71,16 +72,22 @@ def _record(cmd: Command) -> dict[str, Any]:
         "lsn": cmd.lsn,
         "commit_us": cmd.commit_us,
         "full": cmd.full,
-        "values": [
-            {"field": v.field, "before": v.before, "after": v.after, "changed": v.changed}
-            for v in cmd.values
-        ],
         "actor": cmd.actor,
         "replay": cmd.replay,
     }
 
 
+def _record(cmd: Command) -> dict[str, Any]:
+    """A one-command record (v3), a record per value."""
+    values = [
+        {"field": v.field, "before": v.before, "after": v.after, "changed": v.changed}
+        for v in cmd.values
+    ]
+    return _about(cmd) | {"values": values}
+
+
 def _columns(cmd: Command) -> dict[str, Any]:
+    """A command of a v5 batch: its values as parallel arrays, a before only where it differs."""
     values = cmd.values
     before_at = [
         i
@@ -88,22 +95,12 @@ def _columns(cmd: Command) -> dict[str, Any]:
         if v.before is not v.after
         and (v.before != v.after or type(v.before) is not type(v.after))  # 1 == True, and more
     ]
-    return {
-        "source": cmd.source.value,
-        "entity": cmd.entity,
-        "op": cmd.op.value,
-        "source_key": cmd.source_key,
-        "link_key": cmd.link_key,
-        "lsn": cmd.lsn,
-        "commit_us": cmd.commit_us,
-        "full": cmd.full,
+    return _about(cmd) | {
         "fields": [v.field for v in values],
         "after": [v.after for v in values],
         "changed": [v.changed for v in values],
         "before_at": before_at,
         "before": [values[i].before for i in before_at],
-        "actor": cmd.actor,
-        "replay": cmd.replay,
     }
 
 
