@@ -98,8 +98,10 @@ async def test_errors_before_and_after_the_first_wait_reach_the_caller() -> None
         raise ValueError("later")
 
     wait_first = eager_wait_first(raced.wait_first)
+    other = never([])
     with pytest.raises(ValueError, match="at once"):
-        await wait_first(broken_at_once())
+        await wait_first(broken_at_once(), other)
+    assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED
     with pytest.raises(ValueError, match="later"):
         await wait_first(broken_later())
 
