@@ -11,8 +11,8 @@ target's field is history, not a conflict: it changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from streams.model import Canonical, Side
 
@@ -23,8 +23,8 @@ class Policy(StrEnum):
     CRM_WINS = "crm_wins"
 
 
-@dataclass(frozen=True)
-class Incoming:
+# Named tuples, not frozen dataclasses: the sink builds one of each per changed field.
+class Incoming(NamedTuple):
     source: Side
     before: Canonical
     after: Canonical
@@ -33,14 +33,12 @@ class Incoming:
     replay: bool = False  # re-sent history (`ofisync replay`)
 
 
-@dataclass(frozen=True)
-class Current:
+class Current(NamedTuple):
     value: Canonical
     clock_us: int | None  # None: no change of this field is on record
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     apply: bool
     conflict: bool
 

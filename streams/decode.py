@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ class Ignored:
     reason: str
 
 
+@cache  # a handful of topics, asked twice per message
 def source_side(topic: str, tenant: str) -> Side | None:
     for side in Side:
         if topic.startswith(f"{tenant}.{side.value}."):
