@@ -504,8 +504,9 @@ def _frames(commands: Sequence[Command]) -> list[bytes]:
 
 def _exit_for_restart(error: BaseException) -> None:
     """An agent whose batcher stopped would hold its partitions and read nothing more: the worker
-    exits instead, so its supervisor (compose, or `ofisync up`) starts it again, and what was not
-    acknowledged is read again (the applied positions make that a no-op where it was applied)."""
+    exits instead, to be started again (compose restarts it; locally, the next `ofisync up`), and
+    what was not acknowledged is read again (the applied positions make that a no-op where it was
+    applied)."""
     log.critical("an agent stopped (above); the worker exits to be restarted")
     logging.shutdown()
     os._exit(70)
