@@ -216,10 +216,5 @@ class Rows:
         """A placeholder of a file that already has PNR tickets is 0, when the agency wants."""
         if not self.mapping().defaults.zero_placeholders_on_pnr:
             return False
-        cur = await ws.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM billetes WHERE expediente_id = %s"
-            " AND origen_registro = 'pnr')",
-            (columns.get("expediente_id"),),
-        )
-        found = await cur.fetchone()
-        return bool(found and found[0])
+        file_id = columns.get("expediente_id")
+        return file_id is not None and await ws.has_pnr_tickets(int(file_id))

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from streams.model import ENTITIES, Command, CommandOp, Entity, Side
+from streams.model import ENTITIES, FILE, PNR_TABLE, Command, CommandOp, Entity, Side
 
 # The column a loaded row carries besides its own: its field clocks, {column: commit µs}.
 CLOCKS = "ofisync_clocks"
@@ -98,6 +98,12 @@ def _parents_sql(table: str, link: str) -> str:
         .format(link=sql.Identifier(link), table=sql.Identifier(table))
         .as_string()
     )
+
+
+_PNR_FILES_SQL = (
+    f"SELECT DISTINCT expediente_id FROM {PNR_TABLE}"
+    " WHERE expediente_id = ANY(%s::bigint[]) AND origen_registro = 'pnr'"
+)
 
 
 @cache
@@ -187,6 +193,7 @@ class WorkingSet:
         # link value → target id (None: no row holds it), for rows read here or parents.
         self._by_link: dict[str, dict[int, int | None]] = defaultdict(dict)
         self._parents: dict[str, dict[int, int | None]] = defaultdict(dict)
+        self._pnr_files: dict[int, bool] = {}  # OfiViaje file id → holds PNR tickets
 
     def _forget_writes(self) -> None:
         self._inserts: dict[str, list[tuple[dict[str, Any], str | None]]] = defaultdict(list)
@@ -293,6 +300,25 @@ class WorkingSet:
             return self._by_link[table][source_id]
         await self._load_parents(parent, [source_id])
         return self._parents[table][source_id]
+
+    async def has_pnr_tickets(self, file_id: int) -> bool:
+        """Whether OfiViaje's file `file_id` holds tickets captured from a PNR (placeholder
+        zeroing, streams/rows.py). The batch's first question asks it for every file the batch
+        has read, at once: a batch of segments asked once per segment before."""
+        if file_id not in self._pnr_files:
+            files = self._known_ids(FILE) | {file_id}
+            cur = await self.conn.execute(_PNR_FILES_SQL, (sorted(files),))
+            found = {row[0] for row in await cur.fetchall()}
+            self._pnr_files.update((f, f in found) for f in files)
+        return self._pnr_files[file_id]
+
+    def _known_ids(self, entity: Entity) -> set[int]:
+        """The ids of `entity`'s target rows this batch has read or looked up as parents."""
+        table = entity.table(self.target)
+        known = set(self.rows[table])
+        for ids in (self._by_link[table].values(), self._parents[table].values()):
+            known.update(i for i in ids if i is not None)
+        return known
 
     async def _reserve_ids(self, entity: Entity, count: int) -> None:
         if count <= 0:
