@@ -147,7 +147,9 @@ def _update_sql(table: str, columns: tuple[str, ...]) -> str:
             " FROM jsonb_populate_record(t, v.patch) p),"
             " ofisync_deleted_at = CASE WHEN v.unlinked THEN clock_timestamp() END"
             " FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, patch jsonb, unlinked boolean)"
-            " WHERE t.id = v.id"
+            # The ids again, as an array: PostgreSQL takes a record set for 100 rows, and for a
+            # table of some thousands it then scanned the whole table instead of the index.
+            " WHERE t.id = v.id AND t.id = ANY(%s::bigint[])"
         )
         .format(
             table=sql.Identifier(table),
@@ -451,4 +453,4 @@ class WorkingSet:
             {"id": target_id, "patch": patch, "unlinked": self._unlinked[table][target_id]}
             for target_id, patch in patches.items()
         ]
-        await self.conn.execute(_update_sql(table, columns), (json_rows(changes),))
+        await self.conn.execute(_update_sql(table, columns), (json_rows(changes), list(patches)))
