@@ -38,6 +38,7 @@ from streams.model import (
     CommandOp,
     Side,
 )
+from streams.order import parents_first
 from streams.parking import ParentKey, RecordKey, Waiting
 from streams.rows import PERMANENT, Applied, BatchResult, Rows, ident
 from streams.translate import Translator
@@ -115,6 +116,7 @@ class Sink:
         self, commands: Sequence[Command], parked: Mapping[int, int] | None = None
     ) -> BatchResult:
         """Applies a batch. `parked` maps id(command) to its parked row, for released ones."""
+        commands = parents_first(commands)  # streams/order.py
         async with self._exclusive(commands):
             try:
                 # Optimistic: no savepoint per command. A command the target cannot hold
