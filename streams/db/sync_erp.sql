@@ -12,10 +12,12 @@ ALTER TABLE public.config_crm
     ADD COLUMN IF NOT EXISTS ofisync_zero_placeholders boolean NOT NULL DEFAULT false;
 
 -- Numbers of files created from the CRM: the year, then a sequence marked C (from the CRM),
--- so they never collide with OfiViaje's own numbering.
+-- so they never collide with OfiViaje's own numbering. At least five digits, and more once the
+-- sequence needs them (lpad alone cuts longer ones: the 100,000th file repeated the 10,000th).
 CREATE SEQUENCE IF NOT EXISTS ofisync.file_number_seq;
 CREATE OR REPLACE FUNCTION ofisync.next_file_number() RETURNS text LANGUAGE sql AS $$
-    SELECT to_char(current_date, 'YYYY') || '/C' || lpad(nextval('ofisync.file_number_seq')::text, 5, '0')
+    SELECT to_char(current_date, 'YYYY') || '/C' || lpad(n, greatest(5, length(n)), '0')
+    FROM (SELECT nextval('ofisync.file_number_seq')::text AS n) s
 $$;
 
 -- Files that hold both placeholder tickets with an amount and tickets captured from a PNR:

@@ -214,6 +214,22 @@ def test_a_crm_file_comes_down_mapped_with_header_defaults_and_both_numbers(
     )
 
 
+def test_files_from_the_crm_keep_unique_numbers_past_the_99999th(
+    stack: Stack, erp: str, crm: str, defaults: Pair
+) -> None:
+    # Past 99,999 and at the start of a ten, so that two numbers cut to five digits would clash.
+    one(
+        erp,
+        "SELECT setval('ofisync.file_number_seq',"
+        " (greatest((SELECT last_value FROM ofisync.file_number_seq), 99999) / 10 + 1) * 10)",
+    )
+    account = crm_account(crm)
+    files = [crm_file(crm, account, defaults.username, defaults.agency_id) for _ in range(2)]
+    numbers = [erp_file_of(erp, file_id)["numero"] for file_id in files]
+    assert numbers[0] != numbers[1]
+    assert all(len(n.split("/C")[1]) >= 6 for n in numbers), numbers
+
+
 def test_an_unmapped_owner_and_agency_fall_back_to_the_defaults_and_show_it(
     stack: Stack, erp: str, crm: str, defaults: Pair
 ) -> None:
