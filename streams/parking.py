@@ -4,12 +4,16 @@ batch, so the Kafka offset can move on and nothing is lost.
 
 A parked change is retried with back-off, and at once when a batch links its parent; a later
 change of a record that has parked changes waits behind them, so a record's changes still apply
-in order.
+in order. The back-off of a change waiting for its parent grows to minutes: its parent's link
+releases it anyway, and a parent that never comes (a dead letter, say) would otherwise have its
+children tried again every few seconds, in the same sink as the live traffic. Each wait is
+drawn between half and all of its back-off, so changes parked together do not come back
+together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,8 @@ from streams import codec
 from streams.model import Command, Side
 
 FIRST_RETRY_S = 0.5
-MAX_RETRY_S = 30.0
+MAX_RETRY_S = 30.0  # a refusal (a document the CRM refused): fixed by a person, tried soon
+MAX_PARENT_RETRY_S = 300.0  # waiting for a parent: its link releases it at once
 RELEASE_LIMIT = 500
 
 RecordKey = tuple[str, str, str]  # source, entity, source key
@@ -35,9 +40,17 @@ class Waiting:
     reason: str
 
 
-def retry_delay(attempts: int) -> float:
+def retry_cap(waiting: Waiting | None) -> float:
+    """The longest back-off: a change behind a parent (or behind an earlier change of its
+    record) waits longer between attempts than a refusal."""
+    return (
+        MAX_RETRY_S if waiting is not None and waiting.parent_entity is None else MAX_PARENT_RETRY_S
+    )
+
+
+def retry_delay(attempts: int, cap: float = MAX_RETRY_S) -> float:
     """Seconds until the next attempt after `attempts` failed ones (doubling, capped)."""
-    return min(FIRST_RETRY_S * 2.0 ** min(attempts, 16), MAX_RETRY_S)
+    return min(FIRST_RETRY_S * 2.0 ** min(attempts, 16), cap)
 
 
 def record_key(cmd: Command) -> RecordKey:
@@ -72,14 +85,14 @@ async def still_waiting(
         "UPDATE ofisync.parked SET attempts = attempts + 1, waiting_for = %s,"
         " parent_entity = %s, parent_key = %s,"
         " next_attempt_at = clock_timestamp() + make_interval(secs =>"
-        "   least(%s * 2 ^ least(attempts + 1, 16), %s))"
+        "   least(%s * 2 ^ least(attempts + 1, 16), %s) * (0.5 + random() / 2))"
         " WHERE id = %s",
         (
             waiting.reason,
             waiting.parent_entity,
             waiting.parent_key,
             FIRST_RETRY_S,
-            MAX_RETRY_S,
+            retry_cap(waiting),
             parked_id,
         ),
     )
@@ -117,6 +130,11 @@ async def due(
         ([p[0] for p in parents], [p[1] for p in parents], [p[2] for p in parents], RELEASE_LIMIT),
     )
     return [(int(r[0]), codec.decode(bytes(r[1]))) for r in await cur.fetchall()]
+
+
+def filled(due: Sequence[tuple[int, Command]]) -> bool:
+    """Whether `due` took as many records as one release may: more may be waiting."""
+    return len({record_key(cmd) for _, cmd in due}) >= RELEASE_LIMIT
 
 
 async def count(conn: psycopg.AsyncConnection[Any]) -> int:

@@ -36,7 +36,7 @@ import faust
 import uvloop
 from prometheus_client import generate_latest
 
-from streams import codec, metrics
+from streams import codec, metrics, parking
 from streams.batching import Batcher
 from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
@@ -406,9 +406,12 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
                     may_wait, seen = True, parkings[target]
                 if may_wait:
                     async with in_flight.batch():
-                        rows = await _release_with_retry(sink, parents)
+                        rows, more = await _release_with_retry(sink, parents)
                         if rows is not None:
                             await _settle(target, rows, {})
+                    if more:  # a release takes RELEASE_LIMIT records: the rest go next, now
+                        linked[target] = parents + linked[target]
+                        wake[target].set()
                 if time.monotonic() - last_count > 5:
                     last_count = time.monotonic()
                     with contextlib.suppress(TransientError):
@@ -424,16 +427,21 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         release.__name__ = f"release_to_{target.value}"
         app.task(release)
 
-    async def _release_with_retry(sink: Sink, parents: list[ParentKey]) -> BatchResult | None:
+    async def _release_with_retry(
+        sink: Sink, parents: list[ParentKey]
+    ) -> tuple[BatchResult | None, bool]:
+        """The release of what is due now, and whether more may be due (the release was full
+        and moved something on: what still waits after its attempt is not due again)."""
         try:
             due = await sink.due(parents)
         except TransientError as exc:
             log.warning("%s database unreachable (%s); parked changes wait", sink.target.value, exc)
-            return None
+            return None, False
         if not due:
-            return None
+            return None, False
         batch = [cmd for _, cmd in due]
-        return await _apply_with_retry(sink, batch, {id(cmd): pid for pid, cmd in due})
+        result = await _apply_with_retry(sink, batch, {id(cmd): pid for pid, cmd in due})
+        return result, parking.filled(due) and bool(result.applied or result.dead)
 
     for side in Side:
         release_task(side)

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from streams.parking import RELEASE_LIMIT
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
 from streams.topics import Topics
@@ -480,6 +481,43 @@ def test_segments_become_placeholder_tickets_and_follow_updates_and_deletes(
     )
     assert _tickets(erp, erp_id)[0][5] == "99.90"
     assert _tickets(erp, erp_id)[1][0] == marker
+
+
+def test_a_refused_file_holds_its_segments_until_it_is_fixed_then_all_follow(
+    stack: Stack, erp: str, crm: str, defaults: Pair
+) -> None:
+    # More segments than one release takes, so releasing them must go on by itself.
+    count = RELEASE_LIMIT + 20
+    too_long = "Vuelta al mundo " * 15  # 240 characters: OfiViaje's descripcion takes 200
+    file_id = crm_file(crm, crm_account(crm), defaults.username, defaults.agency_id, title=too_long)
+    one(
+        crm,
+        "INSERT INTO segments (file_id, kind, origin, destination, departure_at, carrier,"
+        " service_number, passenger_name, fare) SELECT %s, 'flight', 'BCN', 'MAD',"
+        " '2027-03-01 08:30', 'IB', 'IB' || n, 'Ana Ruiz', 10 FROM generate_series(1, %s) n",
+        (file_id, count),
+    )
+
+    def parked() -> int:
+        return int(
+            one(
+                erp,
+                "SELECT count(*) FROM ofisync.parked"
+                " WHERE source = 'crm' AND parent_entity = 'file' AND parent_key = %s",
+                (str(file_id),),
+            )
+        )
+
+    eventually(lambda: parked() == count, SYNC_WINDOW * 3, "every segment waits for its file")
+    assert query(erp, "SELECT id FROM expedientes WHERE crm_id = %s", (file_id,)) == []
+
+    one(crm, "UPDATE files SET title = 'Vuelta al mundo' WHERE id = %s", (file_id,))
+    erp_id = erp_file_of(erp, file_id)["id"]
+    eventually(
+        lambda: len(_tickets(erp, erp_id)) == count and parked() == 0,
+        SYNC_WINDOW,
+        f"all {count} segments followed their fixed file",
+    )
 
 
 def _set_zeroing(stack: Stack, on: bool) -> None:
