@@ -233,6 +233,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     linked: dict[Side, list[ParentKey]] = {side: [] for side in Side}
     wake = {side: asyncio.Event() for side in Side}
     parkings = dict.fromkeys(Side, 0)  # batches of each sink that parked something
+    sent_frames = codec.RecentFrames()  # what capture sent, read back by apply undecoded
 
     async def _drain(
         stream: Any,
@@ -269,7 +270,8 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
                     partition = partition_of(command.kafka_key, command_partitions[target])
                     outgoing[(target, partition)].append(command)
             for (target, partition), commands in outgoing.items():
-                for frame in _frames(commands):
+                for frame, held in _frames(commands):
+                    sent_frames.remember(frame, held)
                     await command_topics[target].send(value=frame, partition=partition)
 
     async def _capture_one(message: Any) -> Command | None:
@@ -315,7 +317,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         commands: list[tuple[Command, Any]] = []
         for message in messages:
             try:
-                held = codec.decode_all(message.value)
+                held = sent_frames.decode_all(message.value)
             except (codec.CodecError, ValueError, KeyError, TypeError, EOFError) as exc:
                 await dead.send("command", f"undecodable command: {exc}", message)
                 continue
@@ -503,11 +505,12 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     return app
 
 
-def _frames(commands: Sequence[Command]) -> list[bytes]:
-    """`commands` as batch frames under Kafka's message size limit (halved until they fit)."""
+def _frames(commands: Sequence[Command]) -> list[tuple[bytes, Sequence[Command]]]:
+    """`commands` as batch frames under Kafka's message size limit (halved until they fit),
+    each with the commands it holds."""
     frame = codec.encode_batch(commands)
     if len(frame) <= MAX_FRAME_BYTES or len(commands) == 1:
-        return [frame]
+        return [(frame, commands)]
     half = len(commands) // 2
     return _frames(commands[:half]) + _frames(commands[half:])
 
