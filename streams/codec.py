@@ -9,7 +9,7 @@ schemas evolve compatibly (tested); a new layout takes a new name, and every lay
 readable.
 
 A worker reads back mostly frames it wrote itself (its capture agent sends, its apply agents
-read): `RecentFrames` keeps the commands of the frames it encoded lately, so reading one of those
+read): `RecentFrames` keeps the commands of the frames it sent lately, so reading one of those
 back costs a dictionary lookup instead of an Avro decode. A frame's bytes determine its commands
 (the round trip keeps every value and its type, tested), so the two ways give equal commands.
 """

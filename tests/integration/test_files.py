@@ -1,5 +1,6 @@
 """Booking files both ways on the real stack: seller and branch mapping with header defaults and
-visible fallbacks, parents first, locks, segments as placeholder tickets, PNR zeroing."""
+visible fallbacks, parents first, locks, segments as placeholder tickets, PNR zeroing, and a file
+OfiViaje refuses holding its segments until a person fixes it."""
 
 from __future__ import annotations
 
