@@ -58,6 +58,31 @@ def _origin(row: Mapping[str, Canonical] | None) -> str | None:
     return origin if isinstance(origin, str) and origin else None
 
 
+# Kafka Connect's JSON converter writes an envelope compactly, its fields in schema order:
+# `{"before":{...},"after":{...},"source":{...},...}`. Inside a JSON string every quote is
+# escaped, so these byte runs can only be the keys themselves.
+_AFTER_ROW = b'{"before":'
+_AFTER = b'"after":{'
+_AFTER_END = b'},"source":{'
+_SYNC_ORIGIN = b'"ofisync_origin":"'
+
+
+def looks_like_echo(value: bytes | None) -> bool:
+    """Whether captured bytes are the sync's own write, seen without parsing them: an envelope
+    as Kafka Connect writes it whose `after` row has a non-empty `ofisync_origin`. Such a message
+    decodes to an event with an origin, an echo outside a replay; anything else (or anything
+    written differently) answers False, which means only "decode it". Half of what the worker
+    reads under load are echoes: this lets it drop them at the door."""
+    if value is None or not value.startswith(_AFTER_ROW):
+        return False
+    start = value.find(_AFTER)
+    if start < 0:
+        return False
+    end = value.find(_AFTER_END, start)
+    at = value.find(_SYNC_ORIGIN, start, end) if end > 0 else -1
+    return at >= 0 and value[at + len(_SYNC_ORIGIN)] != 0x22  # an empty origin is no origin
+
+
 def decode(
     topic: str, key: bytes | None, value: bytes | None, tenant: str
 ) -> ChangeEvent | DecodeError | Ignored:

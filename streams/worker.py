@@ -41,6 +41,7 @@ from streams.batching import Batcher
 from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
 from streams.eager import hand_over_eagerly
+from streams.echo_door import drop_echoes_at_the_door
 from streams.feed import MappingFeed
 from streams.model import Command, Side
 from streams.observe import Observer, attention
@@ -254,6 +255,17 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             async for event in stream.noack().events():
                 await batcher.put(event)
 
+    def _source_of(topic: str) -> str:
+        side = source_side(topic, settings.tenant)
+        return side.value if side is not None else "?"
+
+    def _count_echo(topic: str) -> None:
+        source = _source_of(topic)
+        metrics.CHANGES.labels(source, "echo").inc()
+        metrics.ECHOES.labels(source).inc()
+
+    drop_echoes_at_the_door(app, topics.captured_entities(), _count_echo)
+
     @app.agent(_raw_topic(app, *topics.captured_entities()))
     async def capture(stream: Any) -> None:
         await _drain(stream, "capture", _capture, CAPTURE_BATCH, CAPTURE_EVERY_S)
@@ -281,14 +293,12 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             log.exception("capture failed on %s@%s", message.topic, message.offset)
             await dead.send("capture", f"internal error: {exc!r}", message)
             return None
-        side = source_side(message.topic, settings.tenant)
-        source = side.value if side is not None else "?"
+        source = _source_of(message.topic)
         if isinstance(outcome, Command):
             metrics.CHANGES.labels(source, "command").inc()
             return outcome
-        if isinstance(outcome, Echo):
-            metrics.CHANGES.labels(source, "echo").inc()
-            metrics.ECHOES.labels(source).inc()
+        if isinstance(outcome, Echo):  # one written otherwise than Connect writes it
+            _count_echo(message.topic)
         elif isinstance(outcome, Skip | Ignored):
             metrics.CHANGES.labels(source, "skipped").inc()
         elif isinstance(outcome, DecodeError | Invalid):

@@ -137,6 +137,17 @@ def web_json(settings: Settings, path: str) -> Any:
         return json.load(response)
 
 
+def metric(settings: Settings, name: str, **labels: str) -> float:
+    """A sample of the worker's /metrics (0 when it has not been counted yet)."""
+    with urllib.request.urlopen(f"http://{settings.web}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def new_erp_client(erp: str, name: str, sync: bool = True, **extra: Any) -> int:
     """A new OfiViaje client (checked for sync unless `sync` is False)."""
     cols = {"nombre": name, "sincronizar_crm": sync, **extra}

@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     TopicTail,
     crm_id_of,
     eventually,
+    metric,
     new_erp_client,
     ofisync,
     one,
@@ -135,12 +136,17 @@ def test_one_edit_settles_every_topic(stack: Stack, erp: str, crm: str) -> None:
     account = crm_id_of(erp, client)
     topics = Topics(stack.settings.tenant).all()
     quiet = settled(stack.settings, topics)
+    echoes = metric(stack.settings, "ofisync_echoes_suppressed_total", source="crm")
     query(erp, "UPDATE clientes SET movil = '+34 600 000 001' WHERE id = %s", (client,))
     eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "edit applied")
     after = settled(stack.settings, topics)
     produced = sum(after.values()) - sum(quiet.values())
     # The edit (1 capture), its command (1), the CRM write captured and dropped (1).
     assert produced <= 4, f"{produced} messages for one edit: something echoes"
+    # The CRM write was dropped as an echo (at the door, streams/echo_door.py), counted, and
+    # acknowledged: the worker's committed offsets reach the end of every topic it reads.
+    assert metric(stack.settings, "ofisync_echoes_suppressed_total", source="crm") > echoes
+    eventually(lambda: worker_lag(stack.settings) == 0, SYNC_WINDOW, "every message committed")
 
 
 def test_same_field_on_both_sides_converges_and_is_recorded(erp: str, crm: str) -> None:

@@ -5,7 +5,6 @@ OfiViaje refuses holding its segments until a person fixes it."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from streams.stack.orchestrate import Stack
 from streams.topics import Topics
 from tests.integration.helpers import (
     eventually,
+    metric,
     new_erp_client,
     ofisync,
     one,
@@ -30,16 +30,6 @@ from tests.integration.helpers import (
 )
 
 SYNC_WINDOW = 10.0  # generous deadline for "within 2 s at light load" on a loaded CI box
-
-
-def metric(settings: Settings, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://{settings.web}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def wait_mapping(settings: Settings, probe: Callable[[dict[str, Any]], bool], what: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given
+import orjson
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.decode import DecodeError, Ignored, decode
+from streams.decode import DecodeError, Ignored, decode, looks_like_echo
 from streams.model import ChangeEvent, Op, Side
 
 TOPIC = "ofisync.erp.public.clientes"
@@ -124,3 +125,73 @@ json_values = st.recursive(
 def test_no_json_shape_crashes_decode(doc: dict[str, Any]) -> None:
     out = decode(TOPIC, b'{"id": 1}', json.dumps(doc).encode(), "ofisync")
     assert isinstance(out, ChangeEvent | DecodeError | Ignored)
+
+
+# What Kafka Connect's JSON converter writes: compact, the envelope's fields in schema order.
+def connect_envelope(
+    op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, **source: object
+) -> bytes:
+    src = {"version": "3.6.1.Final", "lsn": 1234, "ts_us": 1, "schema": "public"} | source
+    src |= {"table": "clientes", "origin": None}
+    return orjson.dumps(
+        {"before": before, "after": after, "source": src, "transaction": None, "op": op}
+    )
+
+
+# Values that spell the very keys the check looks for, in and out of strings.
+tricky_text = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            '"after":{',
+            '},"source":{',
+            '"ofisync_origin":"sync"',
+            '{"before":',
+            "\\",
+            '\\"',
+            "",
+        ]
+    ),
+)
+row_values = st.dictionaries(
+    st.sampled_from(["id", "nombre", "email", "notas"]),
+    st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.booleans(), tricky_text),
+)
+origins = st.one_of(st.none(), st.just(""), st.just("sync"), st.just("restore"), tricky_text)
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(["c", "u", "d", "r"]),
+    st.one_of(st.none(), row_values),
+    row_values,
+    origins,
+    origins,
+)
+def test_the_byte_check_for_echoes_agrees_with_decoding(
+    op: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    before_origin: str | None,
+    after_origin: str | None,
+) -> None:
+    if before is not None:
+        before = before | {"ofisync_origin": before_origin}
+    row = None if op == "d" else after | {"ofisync_origin": after_origin}
+    value = connect_envelope(op, before, row)
+    event = decode(TOPIC, b'{"id": 1}', value, "ofisync")
+    is_echo = isinstance(event, ChangeEvent) and event.origin is not None
+    assert looks_like_echo(value) == is_echo
+
+
+def test_the_byte_check_answers_no_to_anything_else() -> None:
+    echo = connect_envelope("u", {"id": 1}, {"id": 1, "ofisync_origin": "sync"})
+    assert looks_like_echo(echo)
+    assert not looks_like_echo(None)
+    assert not looks_like_echo(b"")
+    assert not looks_like_echo(echo[:40])  # cut short: decoded, and dead-lettered there
+    # Written otherwise (spaces, another order): decoded in full, which still finds the echo.
+    spaced = envelope("u", {"id": 1}, {"id": 1, "ofisync_origin": "sync"})
+    assert not looks_like_echo(spaced)
+    event = decode(TOPIC, b'{"id": 1}', spaced, "ofisync")
+    assert isinstance(event, ChangeEvent) and event.origin == "sync"
