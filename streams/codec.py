@@ -4,7 +4,9 @@ Frame: one zero byte, one byte of schema version, then the Avro body. A version 
 command (v1–v3: `ofisync.Command`) or a batch of commands (what the capture agent sends, one
 message per partition per capture batch: v4 `ofisync.CommandBatch`, a record per value; v5
 `ofisync.Commands`, values as parallel arrays with a value before only where it differs from the
-one after). A reader resolves an older writer version to the newest schema of the same name, so
+one after; v6 `ofisync.CommandFrame`, like v5 with each list of target columns named once per
+frame and the values as JSON arrays, which Avro writes as bytes instead of a union per value).
+A reader resolves an older writer version to the newest schema of the same name, so
 schemas evolve compatibly (tested); a new layout takes a new name, and every layout stays
 readable.
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import orjson
 
 from streams.model import Command, CommandOp, FieldValue, Side
 
@@ -36,7 +39,7 @@ class CodecError(ValueError):
     pass
 
 
-BATCHES = ("ofisync.CommandBatch", "ofisync.Commands")
+BATCHES = ("ofisync.CommandBatch", "ofisync.Commands", "ofisync.CommandFrame")
 
 
 @cache
@@ -92,22 +95,35 @@ def _record(cmd: Command) -> dict[str, Any]:
     return _about(cmd) | {"values": values}
 
 
-def _columns(cmd: Command) -> dict[str, Any]:
-    """A command of a v5 batch: its values as parallel arrays, a before only where it differs."""
-    values = cmd.values
-    before_at = [
+def _before_at(values: Sequence[FieldValue]) -> list[int]:
+    """The positions whose value before differs from the value after."""
+    return [
         i
         for i, v in enumerate(values)
         if v.before is not v.after
         and (v.before != v.after or type(v.before) is not type(v.after))  # 1 == True, and more
     ]
-    return _about(cmd) | {
-        "fields": [v.field for v in values],
-        "after": [v.after for v in values],
-        "changed": [v.changed for v in values],
-        "before_at": before_at,
-        "before": [values[i].before for i in before_at],
-    }
+
+
+def _framed(commands: Sequence[Command]) -> dict[str, Any]:
+    """A v6 batch: each command's target columns named once per frame, its values in JSON."""
+    field_sets: dict[tuple[str, ...], int] = {}
+    records = []
+    for cmd in commands:
+        values = cmd.values
+        fields = tuple(v.field for v in values)
+        before_at = _before_at(values)
+        records.append(
+            _about(cmd)
+            | {
+                "fields_at": field_sets.setdefault(fields, len(field_sets)),
+                "after": orjson.dumps([v.after for v in values]),
+                "changed": [v.changed for v in values],
+                "before_at": before_at,
+                "before": orjson.dumps([values[i].before for i in before_at]),
+            }
+        )
+    return {"field_sets": [list(fields) for fields in field_sets], "commands": records}
 
 
 def _frame(version: int, record: dict[str, Any]) -> bytes:
@@ -122,7 +138,7 @@ def encode(cmd: Command) -> bytes:
 
 
 def encode_batch(commands: Sequence[Command]) -> bytes:
-    return _frame(latest_version(batch=True), {"commands": [_columns(c) for c in commands]})
+    return _frame(latest_version(batch=True), _framed(commands))
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
@@ -149,9 +165,11 @@ def decode_record(data: bytes) -> dict[str, Any]:
 def decode_all(data: bytes) -> list[Command]:
     """The commands of a frame: one, or a batch."""
     r = decode_record(data)
+    if "field_sets" in r:
+        return [_command(c, _json_values(c, r["field_sets"])) for c in r["commands"]]
     if "commands" in r:
-        return [_command(c) for c in r["commands"]]
-    return [_command(r)]
+        return [_command(c, _values(c)) for c in r["commands"]]
+    return [_command(r, _values(r))]
 
 
 def decode(data: bytes) -> Command:
@@ -171,18 +189,46 @@ def _values(r: dict[str, Any]) -> tuple[FieldValue, ...]:
         return tuple(
             FieldValue(v["field"], v["before"], v["after"], v["changed"]) for v in r["values"]
         )
-    fields, after, changed, before_at = r["fields"], r["after"], r["changed"], r["before_at"]
-    if not len(fields) == len(after) == len(changed) or len(before_at) != len(r["before"]):
+    return _field_values(r["fields"], r["after"], r["changed"], r["before_at"], r["before"])
+
+
+_SCALARS = frozenset((str, int, bool, type(None)))
+
+
+def _json_values(r: dict[str, Any], field_sets: list[list[str]]) -> tuple[FieldValue, ...]:
+    at = r["fields_at"]
+    if not 0 <= at < len(field_sets):
+        raise CodecError("a command's fields_at points past the frame's field sets")
+    try:
+        after, before = orjson.loads(r["after"]), orjson.loads(r["before"])
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"a command's values are not JSON: {exc}") from exc
+    if not isinstance(after, list) or not isinstance(before, list):
+        raise CodecError("a command's values are not JSON arrays")
+    if not _SCALARS.issuperset(map(type, after)) or not _SCALARS.issuperset(map(type, before)):
+        raise CodecError("a command's values must be null, strings, booleans or integers")
+    return _field_values(field_sets[at], after, r["changed"], r["before_at"], before)
+
+
+def _field_values(
+    fields: list[str],
+    after: list[Any],
+    changed: list[bool],
+    before_at: list[int],
+    before: list[Any],
+) -> tuple[FieldValue, ...]:
+    """Values from parallel arrays, a before only at `before_at` (v5, v6)."""
+    if not len(fields) == len(after) == len(changed) or len(before_at) != len(before):
         raise CodecError("a command's value arrays differ in length")
     if any(not 0 <= at < len(after) for at in before_at):
         raise CodecError("a command's before_at points past its fields")
-    before = list(after)
-    for at, value in zip(before_at, r["before"], strict=True):
-        before[at] = value
-    return tuple(map(FieldValue, fields, before, after, changed))
+    full_before = list(after)
+    for at, value in zip(before_at, before, strict=True):
+        full_before[at] = value
+    return tuple(map(FieldValue, fields, full_before, after, changed))
 
 
-def _command(r: dict[str, Any]) -> Command:
+def _command(r: dict[str, Any], values: tuple[FieldValue, ...]) -> Command:
     return Command(
         source=_SIDES[r["source"]],
         entity=r["entity"],
@@ -192,7 +238,7 @@ def _command(r: dict[str, Any]) -> Command:
         lsn=r["lsn"],
         commit_us=r["commit_us"],
         full=r["full"],
-        values=_values(r),
+        values=values,
         actor=r.get("actor"),
         replay=bool(r.get("replay", False)),
     )

@@ -79,13 +79,51 @@ def test_a_version_4_batch_decodes_to_the_same_commands() -> None:
     assert codec.decode_all(v4) == commands
 
 
+def _columns(cmd: Command) -> dict[str, Any]:
+    """A command as a v5 batch wrote it: values as parallel arrays, a before where it differs."""
+    values = cmd.values
+    before_at = codec._before_at(values)
+    return codec._about(cmd) | {
+        "fields": [v.field for v in values],
+        "after": [v.after for v in values],
+        "changed": [v.changed for v in values],
+        "before_at": before_at,
+        "before": [values[i].before for i in before_at],
+    }
+
+
+def test_a_version_5_batch_decodes_to_the_same_commands() -> None:
+    values = (FieldValue("vip", 1, True, True), FieldValue("city", "Vigo", "Vigo", False))
+    commands = [_command(n, values) for n in range(3)]
+    v5 = codec._frame(5, {"commands": [_columns(c) for c in commands]})
+    assert codec.decode_all(v5) == commands
+
+
+def test_a_frame_names_each_list_of_columns_once() -> None:
+    client = (FieldValue("name", "a", "b", True), FieldValue("city", "Vigo", "Vigo", False))
+    other = (FieldValue("title", None, "t", True),)
+    frame = codec._framed([_command(1, client), _command(2, other), _command(3, client)])
+    assert frame["field_sets"] == [["name", "city"], ["title"]]
+    assert [c["fields_at"] for c in frame["commands"]] == [0, 1, 0]
+
+
 def test_a_batch_whose_value_arrays_disagree_is_a_codec_error() -> None:
-    good = codec._columns(_command(1, (FieldValue("name", "a", "b", True),)))
-    broken_parts: list[dict[str, Any]] = [{"after": []}, {"before_at": [5]}, {"before_at": [0, 0]}]
+    frame = codec._framed([_command(1, (FieldValue("name", "a", "b", True),))])
+    (good,) = frame["commands"]
+    broken_parts: list[dict[str, Any]] = [
+        {"after": b"[]"},
+        {"before_at": [5]},
+        {"before_at": [0, 0]},
+        {"fields_at": 1},
+        {"after": b"not json"},
+        {"after": b'{"name": "b"}'},
+        {"after": b"[1.5]"},
+        {"before": b"[[]]"},
+    ]
     for broken in broken_parts:
-        frame = codec._frame(codec.latest_version(batch=True), {"commands": [good | broken]})
+        body = frame | {"commands": [good | broken]}
         with pytest.raises(codec.CodecError):
-            codec.decode_all(frame)
+            codec.decode_all(codec._frame(codec.latest_version(batch=True), body))
 
 
 def _command(n: int, values: tuple[FieldValue, ...]) -> Command:
@@ -127,6 +165,17 @@ def _columnar_sample() -> dict[str, Any]:
     return {k: v for k, v in _sample().items() if k != "values"} | values
 
 
+def _framed_sample() -> dict[str, Any]:
+    values = {
+        "fields_at": 0,
+        "after": b'["x"]',
+        "changed": [True],
+        "before_at": [],
+        "before": b"[]",
+    }
+    return {k: v for k, v in _sample().items() if k != "values"} | values
+
+
 def _sample() -> dict[str, Any]:
     return {
         "source": "erp",
@@ -145,6 +194,10 @@ _SAMPLES = {
     "ofisync.Command": _sample(),
     "ofisync.CommandBatch": {"commands": [_sample(), _sample()]},
     "ofisync.Commands": {"commands": [_columnar_sample(), _columnar_sample()]},
+    "ofisync.CommandFrame": {
+        "field_sets": [["name"]],
+        "commands": [_framed_sample(), _framed_sample()],
+    },
 }
 
 
