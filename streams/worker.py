@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from importlib import resources
 from typing import Any
 
@@ -255,18 +255,21 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             async for event in stream.noack().events():
                 await batcher.put(event)
 
-    def _source_of(topic: str) -> str:
+    @cache  # a metric's labels cost a lock and a lookup: once per captured topic, not message
+    def _counters(topic: str, outcome: str) -> tuple[Any, ...]:
         side = source_side(topic, settings.tenant)
-        return side.value if side is not None else "?"
+        source = side.value if side is not None else "?"
+        changes = metrics.CHANGES.labels(source, outcome)
+        return (changes, metrics.ECHOES.labels(source)) if outcome == "echo" else (changes,)
 
-    def _count_echo(topic: str) -> None:
-        source = _source_of(topic)
-        metrics.CHANGES.labels(source, "echo").inc()
-        metrics.ECHOES.labels(source).inc()
+    def _count_captured(topic: str, outcome: str) -> None:
+        for counter in _counters(topic, outcome):
+            counter.inc()
 
-    drop_echoes_at_the_door(app, topics.captured_entities(), _count_echo)
+    captured = topics.captured_entities()
+    drop_echoes_at_the_door(app, captured, lambda topic: _count_captured(topic, "echo"))
 
-    @app.agent(_raw_topic(app, *topics.captured_entities()))
+    @app.agent(_raw_topic(app, *captured))
     async def capture(stream: Any) -> None:
         await _drain(stream, "capture", _capture, CAPTURE_BATCH, CAPTURE_EVERY_S)
 
@@ -293,16 +296,15 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             log.exception("capture failed on %s@%s", message.topic, message.offset)
             await dead.send("capture", f"internal error: {exc!r}", message)
             return None
-        source = _source_of(message.topic)
         if isinstance(outcome, Command):
-            metrics.CHANGES.labels(source, "command").inc()
+            _count_captured(message.topic, "command")
             return outcome
         if isinstance(outcome, Echo):  # one written otherwise than Connect writes it
-            _count_echo(message.topic)
+            _count_captured(message.topic, "echo")
         elif isinstance(outcome, Skip | Ignored):
-            metrics.CHANGES.labels(source, "skipped").inc()
+            _count_captured(message.topic, "skipped")
         elif isinstance(outcome, DecodeError | Invalid):
-            metrics.CHANGES.labels(source, "dead").inc()
+            _count_captured(message.topic, "dead")
             await dead.send(
                 "decode" if isinstance(outcome, DecodeError) else "rules", outcome.reason, message
             )
