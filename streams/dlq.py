@@ -11,7 +11,7 @@ retried. If the cause is still there it comes back as a new dead letter.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -75,8 +75,8 @@ def _headers(record: Any) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (record.headers or [])}
 
 
-def read_all(settings: Settings) -> list[DeadLetter]:
-    """Every dead letter in the topic, oldest first, with whether it was retried."""
+def _consumer(settings: Settings) -> tuple[KafkaConsumer, list[TopicPartition]]:
+    """A consumer assigned to every partition of the dead-letter topic, from its beginning."""
     topic = Topics(settings.tenant).dead_letters
     consumer = KafkaConsumer(
         bootstrap_servers=str(settings.kafka),
@@ -84,38 +84,85 @@ def read_all(settings: Settings) -> list[DeadLetter]:
         client_id="ofisync-dlq",
         consumer_timeout_ms=1000,
     )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            return []
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    if partitions:
         consumer.assign(partitions)
         consumer.seek_to_beginning()
-        ends = consumer.end_offsets(partitions)
-        letters: list[DeadLetter] = []
-        retried: set[str] = set()
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    h = _headers(r)
-                    if RETRY_OF in h:
-                        retried.add(h[RETRY_OF])
-                        continue
-                    letters.append(
-                        DeadLetter(
-                            id=f"{r.partition}:{r.offset}",
-                            stage=h.get("ofisync-stage", "?"),
-                            reason=h.get("ofisync-reason", "?"),
-                            topic=h.get("ofisync-topic", "?"),
-                            partition=int(h.get("ofisync-partition", "-1")),
-                            offset=int(h.get("ofisync-offset", "-1")),
-                            failed_at_ms=int(h.get("ofisync-failed-at", "0")),
-                            key=r.key,
-                            value=r.value,
-                        )
-                    )
+    return consumer, partitions
+
+
+def _up_to_the_end(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> Iterator[Any]:
+    """The records from where `consumer` is to where the topic ends now."""
+    ends = consumer.end_offsets(partitions)
+    while any(consumer.position(tp) < end for tp, end in ends.items()):
+        for records in consumer.poll(timeout_ms=500).values():
+            yield from records
+
+
+def read_all(settings: Settings) -> list[DeadLetter]:
+    """Every dead letter in the topic, oldest first, with whether it was retried."""
+    consumer, partitions = _consumer(settings)
+    letters: list[DeadLetter] = []
+    retried: set[str] = set()
+    try:
+        for r in _up_to_the_end(consumer, partitions) if partitions else ():
+            h = _headers(r)
+            if RETRY_OF in h:
+                retried.add(h[RETRY_OF])
+                continue
+            letters.append(
+                DeadLetter(
+                    id=f"{r.partition}:{r.offset}",
+                    stage=h.get("ofisync-stage", "?"),
+                    reason=h.get("ofisync-reason", "?"),
+                    topic=h.get("ofisync-topic", "?"),
+                    partition=int(h.get("ofisync-partition", "-1")),
+                    offset=int(h.get("ofisync-offset", "-1")),
+                    failed_at_ms=int(h.get("ofisync-failed-at", "0")),
+                    key=r.key,
+                    value=r.value,
+                )
+            )
     finally:
         consumer.close()
     return [replace(letter, retried=letter.id in retried) for letter in letters]
+
+
+class WaitingCount:
+    """How many dead letters wait (were never retried), for the dashboard: each call reads only
+    what the topic got since the one before. Reading the whole topic every time held the worker's
+    interpreter for a while on every sample, longer the more dead letters there were."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._reader: tuple[KafkaConsumer, list[TopicPartition]] | None = None
+        self._waiting: set[str] = set()
+        self._retried: set[str] = set()
+
+    def count(self) -> int:
+        if self._reader is None or not self._reader[1]:
+            self.close()
+            self._reader = _consumer(self.settings)
+        consumer, partitions = self._reader
+        try:
+            for r in _up_to_the_end(consumer, partitions) if partitions else ():
+                retry_of = dict(r.headers or ()).get(RETRY_OF)
+                if retry_of is not None:
+                    self._retried.add(retry_of.decode())
+                    self._waiting.discard(retry_of.decode())
+                elif (letter := f"{r.partition}:{r.offset}") not in self._retried:
+                    self._waiting.add(letter)
+        except Exception:
+            self.close()  # read again from the beginning next time
+            raise
+        return len(self._waiting)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader[0].close()
+        self._reader = None
+        self._waiting.clear()
+        self._retried.clear()
 
 
 def retry(

@@ -165,6 +165,7 @@ class Observer:
         self.current: dict[str, Any] | None = None
         self._applied_before: tuple[float, dict[str, float]] | None = None
         self._dead_letters = 0
+        self._waiting_letters = dlq.WaitingCount(settings)
         self._dead_checked = 0.0
 
     async def run(self) -> None:
@@ -196,7 +197,7 @@ class Observer:
         health["worker"] = True
         if health["kafka"] and now - self._dead_checked > 30:
             try:
-                self._dead_letters = sum(1 for d in dlq.read_all(s) if not d.retried)
+                self._dead_letters = self._waiting_letters.count()
                 self._dead_checked = now
             except Exception:
                 log.warning("could not read the dead letters", exc_info=True)

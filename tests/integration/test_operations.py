@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from streams.dlq import WaitingCount, read_all
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
 from streams.topics import Topics
@@ -196,8 +197,16 @@ def test_a_poisoned_change_goes_to_dead_letters_is_fixed_and_retried(
         listed = json.loads(ofisync("dlq", "list", "--json").stdout)
         return next((d for d in listed if constraint in d["reason"] and not d["retried"]), None)
 
+    # The dashboard's count, read incrementally, agrees with a read of the whole topic.
+    waiting = WaitingCount(stack.settings)
+    waiting.count()  # what is there now: the letter and its retry are read as they come
+
+    def counted_alike() -> bool:
+        return waiting.count() == sum(not d.retried for d in read_all(stack.settings))
+
     found = eventually(letter, 30, "the refused change is a dead letter", every=1.0)
     assert "CheckViolation" in found["reason"] and found["stage"] == "apply"
+    eventually(counted_alike, SYNC_WINDOW, "the waiting dead letters counted alike", every=0.5)
     shown = json.loads(ofisync("dlq", "show", found["id"]).stdout)
     assert shown["original"]["source_key"] == str(client)
     one(crm, f"ALTER TABLE accounts DROP CONSTRAINT {constraint}")  # the cause, fixed
@@ -209,6 +218,8 @@ def test_a_poisoned_change_goes_to_dead_letters_is_fixed_and_retried(
     )
     listed = json.loads(ofisync("dlq", "list", "--json").stdout)
     assert [d["retried"] for d in listed if d["id"] == found["id"]] == [True]
+    eventually(counted_alike, SYNC_WINDOW, "the retried letter counted alike", every=0.5)
+    waiting.close()
 
 
 def test_doctor_finds_an_unmapped_crm_user_and_says_what_to_do(stack: Stack, crm: str) -> None:
