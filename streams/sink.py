@@ -42,7 +42,7 @@ from streams.order import parents_first
 from streams.parking import ParentKey, RecordKey, Waiting
 from streams.rows import PERMANENT, Applied, BatchResult, Rows, ident
 from streams.translate import Translator
-from streams.working import WorkingSet, json_rows
+from streams.working import WorkingSet, json_rows, too_long
 
 log = logging.getLogger("ofisync.sink")
 
@@ -73,6 +73,7 @@ class Sink:
         self._source_conn: psycopg.AsyncConnection[Any] | None = None
         # apply() and release() share the connections: one at a time.
         self._lock = asyncio.Lock()
+        self._limits: dict[tuple[str, str], int] | None = None  # text columns' lengths
 
     async def _connect(self, dsn: str) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=5)
@@ -307,9 +308,25 @@ class Sink:
                 await ws.flush()
                 return outcome
         except PERMANENT as exc:
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            if isinstance(exc, psycopg.errors.StringDataRightTruncation):
+                found = too_long(ws.pending_texts(), await self._text_limits(ws.conn))
+                if found:
+                    reason += f" ({'; '.join(found)}: shorten it at the source)"
             ws.forget()
-            result.dead.append((cmd, f"{type(exc).__name__}: {exc}".strip()))
+            result.dead.append((cmd, reason))
             return _DEAD
+
+    async def _text_limits(self, conn: psycopg.AsyncConnection[Any]) -> dict[tuple[str, str], int]:
+        """The most characters each limited text column of the target holds (read once)."""
+        if self._limits is None:
+            cur = await conn.execute(
+                "SELECT table_name, column_name, character_maximum_length"
+                " FROM information_schema.columns"
+                " WHERE table_schema = 'public' AND character_maximum_length IS NOT NULL"
+            )
+            self._limits = {(t, c): n for t, c, n in await cur.fetchall()}
+        return self._limits
 
     async def _record_states(
         self,

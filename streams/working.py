@@ -16,7 +16,7 @@ Rows keep the values psycopg reads (dates, decimals, …); patches carry the sam
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from functools import cache, lru_cache, partial
 from typing import Any
@@ -204,6 +204,15 @@ class WorkingSet:
         self._deletes: dict[str, set[int]] = defaultdict(set)
         self._stamps: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
         self._conflicts: list[tuple[Any, ...]] = []
+
+    def pending_texts(self) -> Iterator[tuple[str, str, str]]:
+        """(table, column, value) of every text waiting to be written."""
+        for table, inserts in self._inserts.items():
+            for row, _ in inserts:
+                yield from ((table, c, v) for c, v in row.items() if isinstance(v, str))
+        for table, patches in self._patches.items():
+            for patch in patches.values():
+                yield from ((table, c, v) for c, v in patch.items() if isinstance(v, str))
 
     def forget(self) -> None:
         """Drops what was read and what waits to be written (after a savepoint rolled back, or
@@ -454,3 +463,19 @@ class WorkingSet:
             for target_id, patch in patches.items()
         ]
         await self.conn.execute(_update_sql(table, columns), (json_rows(changes), list(patches)))
+
+
+def too_long(
+    texts: Iterable[tuple[str, str, str]], limits: dict[tuple[str, str], int]
+) -> list[str]:
+    """Which of `texts` (table, column, value) do not fit their column, said for a person:
+    PostgreSQL's own error names the type, not the column."""
+    found: dict[tuple[str, str], int] = {}
+    for table, column, value in texts:
+        most = limits.get((table, column))
+        if most is not None and len(value) > most:
+            found[(table, column)] = max(len(value), found.get((table, column), 0))
+    return [
+        f"{table}.{column} holds {limits[(table, column)]} characters, the value has {length}"
+        for (table, column), length in sorted(found.items())
+    ]

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from streams.dlq import read_all
 from streams.parking import RELEASE_LIMIT
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
@@ -501,6 +502,14 @@ def test_a_refused_file_holds_its_segments_until_it_is_fixed_then_all_follow(
 
     eventually(lambda: parked() == count, SYNC_WINDOW * 3, "every segment waits for its file")
     assert query(erp, "SELECT id FROM expedientes WHERE crm_id = %s", (file_id,)) == []
+    # The dead letter names the column and says what to do.
+    refused = eventually(
+        lambda: [d for d in read_all(stack.settings) if d.key == f"file:crm:{file_id}".encode()],
+        SYNC_WINDOW,
+        "the refused file is a dead letter",
+    )
+    assert "expedientes.descripcion holds 200 characters, the value has 240" in refused[0].reason
+    assert "shorten it at the source" in refused[0].reason
 
     one(crm, "UPDATE files SET title = 'Vuelta al mundo' WHERE id = %s", (file_id,))
     erp_id = erp_file_of(erp, file_id)["id"]

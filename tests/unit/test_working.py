@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.model import CLIENT, FILE, SEGMENT, Kind, Side, to_db
-from streams.working import _json, row_columns
+from streams.working import _json, row_columns, too_long
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,17 @@ def test_the_sink_reads_the_synced_fields_the_marker_the_link_and_the_own_number
     assert "erp_id" in row_columns(CLIENT, Side.CRM)
     assert {"origen_registro", "crm_trayecto_id"} <= set(row_columns(SEGMENT, Side.ERP))
     assert {"numero", "crm_id", "crm_numero"} <= set(row_columns(FILE, Side.ERP))
+
+
+def test_a_value_too_long_is_named_by_its_column() -> None:
+    limits = {("expedientes", "descripcion"): 200, ("clientes", "nif"): 20}
+    texts = [
+        ("expedientes", "descripcion", "x" * 240),
+        ("expedientes", "descripcion", "x" * 250),
+        ("expedientes", "notas", "x" * 5000),  # no limit
+        ("clientes", "nif", "B12345678"),  # fits
+    ]
+    assert too_long(texts, limits) == [
+        "expedientes.descripcion holds 200 characters, the value has 250"
+    ]
+    assert too_long([], limits) == []
