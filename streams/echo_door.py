@@ -40,10 +40,17 @@ def drop_echoes_at_the_door(
             return handler
         consumer = app.consumer
         monitor = app.monitor
+        flowing = app.flow_control.is_active
         topic = tp.topic
 
         async def on_message(message: Any) -> None:
-            if looks_like_echo(message.value):
+            # During a rebalance (flow stopped), or for a message fetched before one, the usual
+            # way decides, as for any message: such messages are not acknowledged.
+            if (
+                looks_like_echo(message.value)
+                and flowing()
+                and message.generation_id == app.consumer_generation_id
+            ):
                 on_echo(topic)
                 consumer.ack(message)
                 # Faust's livelock check reads when a partition's stream last took an event:

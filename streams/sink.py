@@ -17,6 +17,7 @@ The values of a command are the source's; they are put in the target's terms her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -310,9 +311,10 @@ class Sink:
         except PERMANENT as exc:
             reason = f"{type(exc).__name__}: {exc}".strip()
             if isinstance(exc, psycopg.errors.StringDataRightTruncation):
-                found = too_long(ws.pending_texts(), await self._text_limits(ws.conn))
-                if found:
-                    reason += f" ({'; '.join(found)}: shorten it at the source)"
+                with contextlib.suppress(psycopg.Error):  # the details are a courtesy
+                    found = too_long(ws.pending_texts(), await self._text_limits(ws.conn))
+                    if found:
+                        reason += f" ({'; '.join(found)}: shorten it at the source)"
             ws.forget()
             result.dead.append((cmd, reason))
             return _DEAD
