@@ -146,10 +146,10 @@ class WaitingCount:
         consumer, partitions = self._reader
         try:
             for r in _up_to_the_end(consumer, partitions) if partitions else ():
-                retry_of = dict(r.headers or ()).get(RETRY_OF)
+                retry_of = _headers(r).get(RETRY_OF)
                 if retry_of is not None:
-                    self._retried.add(retry_of.decode())
-                    self._waiting.discard(retry_of.decode())
+                    self._retried.add(retry_of)
+                    self._waiting.discard(retry_of)
                 elif (letter := f"{r.partition}:{r.offset}") not in self._retried:
                     self._waiting.add(letter)
         except Exception:

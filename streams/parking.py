@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import psycopg
@@ -26,6 +27,7 @@ FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 30.0  # a refusal (a document the CRM refused): fixed by a person, tried soon
 MAX_PARENT_RETRY_S = 300.0  # waiting for a parent: its link releases it at once
 RELEASE_LIMIT = 500
+MAX_DOUBLINGS = 16  # past this many attempts the back-off stops growing (it is capped anyway)
 
 RecordKey = tuple[str, str, str]  # source, entity, source key
 ParentKey = tuple[str, str, str]  # entity, side whose id it is, id
@@ -50,7 +52,14 @@ def retry_cap(waiting: Waiting | None) -> float:
 
 def retry_delay(attempts: int, cap: float = MAX_RETRY_S) -> float:
     """Seconds until the next attempt after `attempts` failed ones (doubling, capped)."""
-    return min(FIRST_RETRY_S * 2.0 ** min(attempts, 16), cap)
+    return min(FIRST_RETRY_S * 2.0 ** min(attempts, MAX_DOUBLINGS), cap)
+
+
+@cache
+def _delays(cap: float) -> list[float]:
+    """`retry_delay` for 0 to MAX_DOUBLINGS failed attempts: the table the database's update of a
+    parked change picks its back-off from, so the curve is defined once, here."""
+    return [retry_delay(attempts, cap) for attempts in range(MAX_DOUBLINGS + 1)]
 
 
 def record_key(cmd: Command) -> RecordKey:
@@ -85,14 +94,14 @@ async def still_waiting(
         "UPDATE ofisync.parked SET attempts = attempts + 1, waiting_for = %s,"
         " parent_entity = %s, parent_key = %s,"
         " next_attempt_at = clock_timestamp() + make_interval(secs =>"
-        "   least(%s * 2 ^ least(attempts + 1, 16), %s) * (0.5 + random() / 2))"
+        "   (%s::float8[])[least(attempts + 1, %s) + 1] * (0.5 + random() / 2))"
         " WHERE id = %s",
         (
             waiting.reason,
             waiting.parent_entity,
             waiting.parent_key,
-            FIRST_RETRY_S,
-            retry_cap(waiting),
+            _delays(retry_cap(waiting)),
+            MAX_DOUBLINGS,
             parked_id,
         ),
     )

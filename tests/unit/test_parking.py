@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 from streams.model import Command, CommandOp, Side
 from streams.parking import (
     FIRST_RETRY_S,
+    MAX_DOUBLINGS,
     MAX_PARENT_RETRY_S,
     MAX_RETRY_S,
     RELEASE_LIMIT,
     Waiting,
+    _delays,
     filled,
     retry_cap,
     retry_delay,
@@ -30,6 +32,13 @@ def test_retries_back_off_doubling_up_to_a_cap(attempts: int, cap: float) -> Non
     assert retry_delay(attempts, cap) <= retry_delay(attempts + 1, cap) <= cap
     if retry_delay(attempts, cap) < cap:
         assert retry_delay(attempts + 1, cap) == min(2 * retry_delay(attempts, cap), cap)
+
+
+@given(st.integers(min_value=0, max_value=10_000))
+def test_the_database_picks_its_back_off_from_the_same_curve(attempts: int) -> None:
+    # still_waiting's UPDATE reads _delays[least(attempts, MAX_DOUBLINGS)].
+    for cap in (MAX_RETRY_S, MAX_PARENT_RETRY_S):
+        assert _delays(cap)[min(attempts, MAX_DOUBLINGS)] == retry_delay(attempts, cap)
 
 
 def test_a_change_behind_its_parent_backs_off_longer_than_a_refusal() -> None:
