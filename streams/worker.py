@@ -50,6 +50,7 @@ from streams.pipeline import Echo, route
 from streams.rows import BatchResult
 from streams.rules import Invalid, Skip
 from streams.secrets import Role, login_dsn
+from streams.sending import Sender
 from streams.settings import Settings
 from streams.sink import Sink, TransientError
 from streams.topics import Topics, ensure_topics, partition_of
@@ -170,7 +171,8 @@ class CommandOrigin:
 class DeadLetters:
     """Sends what cannot be processed to the dead-letter topic, with the reason and the bytes."""
 
-    def __init__(self, topic: Any) -> None:
+    def __init__(self, sender: Sender, topic: str) -> None:
+        self.sender = sender
         self.topic = topic
 
     async def send(self, stage: str, reason: str, message: Any) -> None:
@@ -191,7 +193,7 @@ class DeadLetters:
             "ofisync-offset": str(message.offset).encode(),
             "ofisync-failed-at": str(int(time.time() * 1000)).encode(),
         }
-        await self.topic.send(key=message.key, value=message.value, headers=headers)
+        await self.sender.send(self.topic, message.value, key=message.key, headers=headers)
 
 
 def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, int]) -> faust.App:
@@ -219,7 +221,8 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         broker_heartbeat_interval=2.0,
     )
     state = {"state": "starting"}
-    dead = DeadLetters(_raw_topic(app, topics.dead_letters))
+    sender = Sender(app)  # streams/sending.py: not through Faust's `Topic.send`
+    dead = DeadLetters(sender, topics.dead_letters)
     command_topics = {side: _raw_topic(app, topics.commands(side)) for side in Side}
     feed = MappingFeed(str(settings.kafka), topics.configuration(), settings.tenant)
     # The sinks log in as the sync's own role, which can touch only the synced tables.
@@ -287,7 +290,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             for (target, partition), commands in outgoing.items():
                 for frame, held in _frames(commands):
                     sent_frames.remember(frame, held)
-                    await command_topics[target].send(value=frame, partition=partition)
+                    await sender.send(topics.commands(target), frame, partition=partition)
 
     async def _capture_one(message: Any) -> Command | None:
         try:
