@@ -75,8 +75,9 @@ def _select_sql(entity: Entity, side: Side, by_link: bool) -> str:
         where.append(sql.SQL("t.{} = ANY(%s::bigint[])").format(sql.Identifier(link)))
     return (
         sql.SQL(
-            "SELECT {}, (SELECT coalesce(jsonb_object_agg(c.field, c.commit_us), '{{}}')"
-            " FROM ofisync.row_clocks({}, t.id::text) c) FROM {} t WHERE {}"
+            "SELECT {}, (SELECT coalesce(jsonb_object_agg(e.key, ofisync.clock_us(e.value)),"
+            " '{{}}') FROM ofisync.field_clock fc, jsonb_each_text(fc.clocks) e"
+            " WHERE fc.tbl = {} AND fc.pk = t.id::text) FROM {} t WHERE {}"
             " ORDER BY t.id FOR UPDATE OF t"
         )
         .format(
