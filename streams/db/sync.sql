@@ -162,6 +162,12 @@ CREATE OR REPLACE FUNCTION ofisync.clock_us(c text) RETURNS bigint LANGUAGE sql 
     END
 $$;
 
--- Its one caller, the sink's read of a batch's rows, now joins ofisync.field_clock itself: a
--- set-returning function calling a volatile one is not inlined (streams/working.py).
-DROP FUNCTION IF EXISTS ofisync.row_clocks(text, text);
+-- All field clocks of one row, resolved to µs. The sink reads them in its own query now (a
+-- set-returning function calling a volatile one is not inlined; streams/working.py); this stays
+-- for workers of an earlier version still running while a deployment upgrades them.
+CREATE OR REPLACE FUNCTION ofisync.row_clocks(p_tbl text, p_pk text)
+RETURNS TABLE (field text, commit_us bigint) LANGUAGE sql STABLE AS $$
+    SELECT e.key, ofisync.clock_us(e.value)
+    FROM ofisync.field_clock fc, jsonb_each_text(fc.clocks) e
+    WHERE fc.tbl = p_tbl AND fc.pk = p_pk
+$$;
