@@ -223,7 +223,6 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     state = {"state": "starting"}
     sender = Sender(app)  # streams/sending.py: not through Faust's `Topic.send`
     dead = DeadLetters(sender, topics.dead_letters)
-    command_topics = {side: _raw_topic(app, topics.commands(side)) for side in Side}
     feed = MappingFeed(str(settings.kafka), topics.configuration(), settings.tenant)
     # The sinks log in as the sync's own role, which can touch only the synced tables.
     erp_dsn, crm_dsn = (login_dsn(settings, db, Role.SINK) for db in settings.databases)
@@ -321,7 +320,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             await _drain(stream, f"apply to {target.value}", work, APPLY_BATCH, APPLY_EVERY_S)
 
         apply.__name__ = f"apply_to_{target.value}"
-        app.agent(command_topics[target], name=f"apply_to_{target.value}")(apply)
+        app.agent(_raw_topic(app, topics.commands(target)), name=f"apply_to_{target.value}")(apply)
 
     async def _apply_events(sink: Sink, events: list[Any]) -> None:
         await feed.ready.wait()  # translate with the whole mapping, never half of it
