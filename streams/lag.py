@@ -47,7 +47,9 @@ def tenant_groups(admin: KafkaAdminClient, settings: Settings) -> list[str]:
 
 def consumer_lag(settings: Settings) -> list[PartitionLag]:
     admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka), client_id="ofisync-lag")
-    consumer = KafkaConsumer(bootstrap_servers=str(settings.kafka), client_id="ofisync-lag")
+    consumer = KafkaConsumer(
+        bootstrap_servers=str(settings.kafka), client_id="ofisync-lag", enable_auto_commit=False
+    )
     try:
         groups = tenant_groups(admin, settings)
         committed = admin.list_group_offsets(dict.fromkeys(groups)) if groups else {}
