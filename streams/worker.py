@@ -38,10 +38,10 @@ from prometheus_client import generate_latest
 
 from streams import codec, metrics, parking
 from streams.batching import Batcher
+from streams.capture_door import take_captures_at_the_door
 from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
 from streams.eager import hand_over_eagerly
-from streams.echo_door import drop_echoes_at_the_door
 from streams.feed import MappingFeed
 from streams.model import Command, Side
 from streams.observe import Observer, attention
@@ -268,20 +268,13 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         for counter in _counters(topic, outcome):
             counter.inc()
 
-    captured = topics.captured_entities()
-    drop_echoes_at_the_door(app, captured, lambda topic: _count_captured(topic, "echo"))
-
-    @app.agent(_raw_topic(app, *captured))
-    async def capture(stream: Any) -> None:
-        await _drain(stream, "capture", _capture, CAPTURE_BATCH, CAPTURE_EVERY_S)
-
-    async def _capture(events: list[Any]) -> None:
+    async def _capture(messages: list[Any]) -> None:
         async with in_flight.batch():
             # One message per command partition for the whole batch: a record's commands
             # keep their order (same partition, in order) at a fraction of a message each.
             outgoing: dict[tuple[Side, int], list[Command]] = defaultdict(list)
-            for event in events:
-                command = await _capture_one(event.message)
+            for message in messages:
+                command = await _capture_one(message)
                 if command is not None:
                     target = command.target
                     partition = partition_of(command.kafka_key, command_partitions[target])
@@ -290,6 +283,34 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
                 for frame, held in _frames(commands):
                     sent_frames.remember(frame, held)
                     await sender.send(topics.commands(target), frame, partition=partition)
+
+    async def _acknowledge_captured(messages: list[Any]) -> None:
+        ack = app.consumer.ack
+        for message in messages:
+            ack(message)
+
+    capture_batcher = Batcher(
+        "capture",
+        _capture,
+        _acknowledge_captured,
+        CAPTURE_BATCH,
+        2 * CAPTURE_BATCH,
+        CAPTURE_EVERY_S,
+        _exit_for_restart,
+    )
+    # Captured messages go from the consumer to the batcher, not as events (capture_door.py).
+    captured = topics.captured_entities()
+    take_captures_at_the_door(
+        app, captured, lambda topic: _count_captured(topic, "echo"), capture_batcher.put
+    )
+
+    @app.agent(_raw_topic(app, *captured))
+    async def capture(stream: Any) -> None:
+        # The agent's subscription is what makes Faust fetch the capture topics; their messages
+        # come through the door, so its stream receives none.
+        async with capture_batcher.running():
+            async for _ in stream.noack().events():
+                pass
 
     async def _capture_one(message: Any) -> Command | None:
         try:
