@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from decimal import Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.model import Kind, canonical, to_db
+from streams.model import ENTITIES, Kind, Side, canonical, to_db
 from streams.settings import Settings
 
 
@@ -51,3 +52,11 @@ def test_passwords_stay_out_of_repr_and_safe_dsn() -> None:
     s = Settings.from_env({"OFISYNC_ERP_DSN": "postgresql://u:s3cret@127.0.0.1:5/db"})
     assert "s3cret" not in repr(s) and "s3cret" not in s.erp.safe_dsn
     assert s.erp.password == "s3cret"
+
+
+def test_equal_entities_hash_alike_and_share_their_caches() -> None:
+    for entity in ENTITIES.values():
+        copy = dataclasses.replace(entity)
+        assert copy is not entity and copy == entity and hash(copy) == hash(entity)
+        assert copy.crossing(Side.ERP) == entity.crossing(Side.ERP)
+    assert len({hash(e) for e in ENTITIES.values()}) == len(ENTITIES)
