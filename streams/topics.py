@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -70,6 +71,7 @@ class Topics:
 COMPACTED = {"cleanup.policy": "compact"}
 
 
+@lru_cache(maxsize=65_536)  # kafka-python's murmur2 is pure Python, 5 µs a key; records recur
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives `key` (murmur2, as the Java client), so
     commands sent to an explicit partition land where a keyed send would have put them."""
