@@ -391,7 +391,7 @@ class WorkingSet:
     ) -> None:
         """Field clocks of values the sync wrote: the source commit time."""
         stamps = dict.fromkeys(columns, commit_us)
-        row[CLOCKS] = {**row[CLOCKS], **stamps}
+        row[CLOCKS].update(stamps)  # each row read or queued has a clocks dict of its own
         self._stamps[(table, str(row["id"]))].update(stamps)
 
     def conflict(self, *record: Any) -> None:
