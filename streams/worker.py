@@ -6,8 +6,9 @@ apply agents: commands → `Sink.apply` on the target database, translated with 
 that the mapping feed folds from the configuration topics (streams/feed.py).
 release task: parked changes → `Sink.release` when a parent gets linked or a back-off runs out.
 
-The agents hand their events to a `Batcher` (streams/batching.py), which acknowledges them
-only after their batch's work is done. That work never raises: unreachable databases are retried
+Each agent's messages go from Faust's consumer to the agent's `Batcher` (streams/batching.py)
+at the door (streams/door.py); the batcher acknowledges them only after their batch's work is
+done. That work never raises: unreachable databases are retried
 in place (offsets stay uncommitted and lag grows), anything else becomes a dead letter. A stop
 signal does not go through Faust's graceful stop (which cancels the agents mid-batch and then
 commits): the worker finishes the batch in flight, flushes the producer and exits; what was
@@ -38,9 +39,9 @@ from prometheus_client import generate_latest
 
 from streams import codec, metrics, parking
 from streams.batching import Batcher
-from streams.capture_door import take_captures_at_the_door
 from streams.conflicts import Policy
 from streams.decode import DecodeError, Ignored, source_side
+from streams.door import take_at_the_door
 from streams.eager import hand_over_eagerly
 from streams.feed import MappingFeed
 from streams.model import Command, Side
@@ -238,24 +239,32 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     parkings = dict.fromkeys(Side, 0)  # batches of each sink that parked something
     sent_frames = codec.RecentFrames()  # what capture sent, read back by apply undecoded
 
-    async def _drain(
-        stream: Any,
+    def _batched_agent(
         name: str,
+        topic_names: Sequence[str],
         work: Callable[[list[Any]], Awaitable[None]],
         most: int,
         every: float,
-    ) -> None:
-        """An agent's body: its events, not acknowledged yet, go to a batcher that works through
-        them and then acknowledges them."""
+    ) -> Batcher[Any]:
+        """An agent over `topic_names` whose messages a batcher works through and then
+        acknowledges. They reach the batcher at the door (streams/door.py), so the agent's stream
+        receives none: the agent's subscription is what makes Faust fetch the topics."""
 
-        async def acknowledge(events: list[Any]) -> None:
-            for event in events:
-                await stream.ack(event)
+        async def acknowledge(messages: list[Any]) -> None:
+            ack = app.consumer.ack
+            for message in messages:
+                ack(message)
 
         batcher = Batcher(name, work, acknowledge, most, 2 * most, every, _exit_for_restart)
-        async with batcher.running():
-            async for event in stream.noack().events():
-                await batcher.put(event)
+
+        async def run(stream: Any) -> None:
+            async with batcher.running():
+                async for _ in stream.noack().events():
+                    pass
+
+        run.__name__ = name
+        app.agent(_raw_topic(app, *topic_names), name=name)(run)
+        return batcher
 
     @cache  # a metric's labels cost a lock and a lookup: once per captured topic, not message
     def _counters(topic: str, outcome: str) -> tuple[Any, ...]:
@@ -284,33 +293,8 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
                     sent_frames.remember(frame, held)
                     await sender.send(topics.commands(target), frame, partition=partition)
 
-    async def _acknowledge_captured(messages: list[Any]) -> None:
-        ack = app.consumer.ack
-        for message in messages:
-            ack(message)
-
-    capture_batcher = Batcher(
-        "capture",
-        _capture,
-        _acknowledge_captured,
-        CAPTURE_BATCH,
-        2 * CAPTURE_BATCH,
-        CAPTURE_EVERY_S,
-        _exit_for_restart,
-    )
-    # Captured messages go from the consumer to the batcher, not as events (capture_door.py).
     captured = topics.captured_entities()
-    take_captures_at_the_door(
-        app, captured, lambda topic: _count_captured(topic, "echo"), capture_batcher.put
-    )
-
-    @app.agent(_raw_topic(app, *captured))
-    async def capture(stream: Any) -> None:
-        # The agent's subscription is what makes Faust fetch the capture topics; their messages
-        # come through the door, so its stream receives none.
-        async with capture_batcher.running():
-            async for _ in stream.noack().events():
-                pass
+    capture_batcher = _batched_agent("capture", captured, _capture, CAPTURE_BATCH, CAPTURE_EVERY_S)
 
     async def _capture_one(message: Any) -> Command | None:
         try:
@@ -333,20 +317,25 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
             )
         return None
 
-    def apply_agent(target: Side) -> None:
-        sink = sinks[target]
-
-        async def apply(stream: Any) -> None:
-            work = partial(_apply_events, sink)
-            await _drain(stream, f"apply to {target.value}", work, APPLY_BATCH, APPLY_EVERY_S)
-
-        apply.__name__ = f"apply_to_{target.value}"
-        app.agent(_raw_topic(app, topics.commands(target)), name=f"apply_to_{target.value}")(apply)
-
-    async def _apply_events(sink: Sink, events: list[Any]) -> None:
+    async def _apply_messages(sink: Sink, messages: list[Any]) -> None:
         await feed.ready.wait()  # translate with the whole mapping, never half of it
         async with in_flight.batch():
-            await _apply_batch(sink, [e.message for e in events])
+            await _apply_batch(sink, messages)
+
+    apply_batchers = {
+        side: _batched_agent(
+            f"apply_to_{side.value}",
+            [topics.commands(side)],
+            partial(_apply_messages, sinks[side]),
+            APPLY_BATCH,
+            APPLY_EVERY_S,
+        )
+        for side in Side
+    }
+    takers = {topic: capture_batcher.put for topic in captured} | {
+        topics.commands(side): batcher.put for side, batcher in apply_batchers.items()
+    }
+    take_at_the_door(app, takers, captured, lambda topic: _count_captured(topic, "echo"))
 
     async def _apply_batch(sink: Sink, messages: Sequence[Any]) -> None:
         commands: list[tuple[Command, Any]] = []
@@ -421,9 +410,6 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         for via, reason in result.fallbacks:
             metrics.MAPPING_FALLBACKS.labels(target.value, via.value).inc()
             log.warning("mapping fallback on %s: %s; used the header default", target.value, reason)
-
-    for side in Side:
-        apply_agent(side)
 
     def release_task(target: Side) -> None:
         sink = sinks[target]

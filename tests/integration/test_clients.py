@@ -143,7 +143,7 @@ def test_one_edit_settles_every_topic(stack: Stack, erp: str, crm: str) -> None:
     produced = sum(after.values()) - sum(quiet.values())
     # The edit (1 capture), its command (1), the CRM write captured and dropped (1).
     assert produced <= 4, f"{produced} messages for one edit: something echoes"
-    # The CRM write was dropped as an echo (at the door, streams/capture_door.py), counted, and
+    # The CRM write was dropped as an echo (at the door, streams/door.py), counted, and
     # acknowledged: the worker's committed offsets reach the end of every topic it reads.
     assert metric(stack.settings, "ofisync_echoes_suppressed_total", source="crm") > echoes
     eventually(lambda: worker_lag(stack.settings) == 0, SYNC_WINDOW, "every message committed")
