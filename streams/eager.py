@@ -3,14 +3,14 @@
 Faust's consumer hands every message to the conductor through mode's `Service.wait_first`, racing
 the hand-over against a rebalance (`suspend_flow`) and the consumer stopping. That race costs four
 asyncio tasks and an `asyncio.wait` per message, and the hand-over almost never waits: it puts the
-event on the agent's queue and returns. Measured on a catch-up of 30,000 changes, the race took
-a third of the worker's CPU.
+message in its agent's batcher (streams/door.py) and returns. Measured on a catch-up of 30,000
+changes, the race took a third of the worker's CPU.
 
 `hand_over_eagerly` wraps the consumer's `wait_first`: the hand-over is run up to its first real
 wait, in place. When it finishes there (the usual case) nothing more is needed. When it waits (a
-full queue, flow control during a rebalance, a full producer buffer), the hand-over, already
-started, goes to the original race, which then behaves exactly as before. This is what Python
-3.12's eager tasks do; ofisync runs on 3.11.
+full batcher, flow control during a rebalance), the hand-over, already started, goes to the
+original race, which then behaves exactly as before. This is what Python 3.12's eager tasks do;
+ofisync runs on 3.11.
 """
 
 from __future__ import annotations

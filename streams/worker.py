@@ -55,7 +55,6 @@ from streams.sending import Sender
 from streams.settings import Settings
 from streams.sink import Sink, TransientError
 from streams.topics import Topics, ensure_topics, partition_of
-from streams.yielding import yield_every
 
 log = logging.getLogger("ofisync.worker")
 
@@ -72,7 +71,6 @@ FETCH_WAIT_MS = 25
 MAX_FRAME_BYTES = 512 * 1024  # Kafka refuses messages over 1 MiB by default
 RELEASE_EVERY_S = 0.5
 GC_YOUNG_THRESHOLD = 20_000  # Python's default is 700
-STREAM_YIELD_EVERY = 100  # events an agent takes between rounds of the loop (streams/yielding.py)
 
 
 def _raw_topic(app: faust.App, *names: str) -> Any:
@@ -573,7 +571,6 @@ def _settle_garbage_collector() -> None:
 def run_worker(settings: Settings) -> None:
     # libuv's event loop: Faust makes several asyncio tasks and callbacks per message.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    yield_every(STREAM_YIELD_EVERY)
     deadline = time.monotonic() + 300
     while True:
         try:
