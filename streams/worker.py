@@ -6,15 +6,14 @@ apply agents: commands → `Sink.apply` on the target database, translated with 
 that the mapping feed folds from the configuration topics (streams/feed.py).
 release task: parked changes → `Sink.release` when a parent gets linked or a back-off runs out.
 
-Each agent's messages go from Faust's consumer to the agent's `Batcher` (streams/batching.py)
-at the door (streams/door.py); the batcher acknowledges them only after their batch's work is
-done. That work never raises: unreachable databases are retried
-in place (offsets stay uncommitted and lag grows), anything else becomes a dead letter. A stop
-signal does not go through Faust's graceful stop (which cancels the agents mid-batch and then
-commits): the worker finishes the batch in flight, flushes the producer and exits; what was
-applied but not yet committed is redelivered, and the applied positions make that a no-op.
-Faust flushes the producer before it commits offsets, so a command is durable before the change
-it came from is acknowledged.
+Each agent's messages go from Faust's consumer to the agent's `Batcher` (streams/batching.py) at
+the door (streams/door.py); the batcher acknowledges them only after their batch's work is done.
+That work never raises: unreachable databases are retried in place (offsets stay uncommitted and
+lag grows), anything else becomes a dead letter. A stop signal does not go through Faust's graceful
+stop (which cancels the agents mid-batch and then commits): the worker finishes the batch in
+flight, flushes the producer and exits; what was applied but not yet committed is redelivered, and
+the applied positions make that a no-op. Faust flushes the producer before it commits offsets, so a
+command is durable before the change it came from is acknowledged.
 """
 
 from __future__ import annotations
