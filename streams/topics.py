@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from functools import lru_cache
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
-from kafka.partitioner.default import murmur2
 
 from streams.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES
 from streams.model import ENTITIES, PNR_TABLE, Side
@@ -71,11 +69,14 @@ class Topics:
 COMPACTED = {"cleanup.policy": "compact"}
 
 
-@lru_cache(maxsize=65_536)  # kafka-python's murmur2 is pure Python, 5 µs a key; records recur
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives `key` (murmur2, as the Java client), so
-    commands sent to an explicit partition land where a keyed send would have put them."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+def command_partition(captured_partition: int, command_partitions: int) -> int:
+    """The command partition of a change captured on `captured_partition`: the same number.
+    A record's changes all come on one partition of its table's topic (Debezium keys them by
+    primary key), so its commands stay in order on one command partition. And Faust gives each
+    worker the same partition numbers of every topic with the same count, so with several
+    workers the one that captured a change applies its command, reading the frame back from
+    memory (`codec.RecentFrames`) instead of decoding another worker's."""
+    return captured_partition % command_partitions
 
 
 def ensure_topics(settings: Settings) -> dict[str, int]:

@@ -53,7 +53,7 @@ from streams.secrets import Role, login_dsn
 from streams.sending import Sender
 from streams.settings import Settings
 from streams.sink import Sink, TransientError
-from streams.topics import Topics, ensure_topics, partition_of
+from streams.topics import Topics, command_partition, ensure_topics
 
 log = logging.getLogger("ofisync.worker")
 
@@ -283,7 +283,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
                 command = await _capture_one(message)
                 if command is not None:
                     target = command.target
-                    partition = partition_of(command.kafka_key, command_partitions[target])
+                    partition = command_partition(message.partition, command_partitions[target])
                     outgoing[(target, partition)].append(command)
             for (target, partition), commands in outgoing.items():
                 for frame, held in _frames(commands):
