@@ -54,6 +54,12 @@ RETRIES = Counter(
     ["target"],
     registry=REGISTRY,
 )
+DEADLOCK_RETRIES = Counter(
+    "ofisync_deadlock_retries_total",
+    "Batches PostgreSQL rolled back to break a deadlock with another writer, and sent again",
+    ["target"],
+    registry=REGISTRY,
+)
 LATENCY = Histogram(
     "ofisync_end_to_end_seconds",
     "Source commit → target commit",
@@ -121,4 +127,5 @@ for _side in ("erp", "crm"):
     CONFLICTS.labels(_side)
     LOCK_VIOLATIONS.labels(_side)
     RETRIES.labels(_side)
+    DEADLOCK_RETRIES.labels(_side)
     PARKED.labels(_side)

@@ -54,6 +54,11 @@ class TransientError(RuntimeError):
     """The database cannot be reached now; retry the whole batch later."""
 
 
+class Contended(TransientError):
+    """PostgreSQL rolled the batch back to break a deadlock with another writer (another
+    worker's sink, or an application): the connection is fine and the batch can go again."""
+
+
 class Sink:
     """Applies commands to one side; writes link-backs to the other."""
 
@@ -109,6 +114,8 @@ class Sink:
         async with self._lock:
             try:
                 yield
+            except psycopg.errors.TransactionRollback as exc:  # a deadlock, not an outage
+                raise Contended(str(exc).strip().splitlines()[0]) from exc
             except psycopg.OperationalError as exc:
                 await self._drop_connections()
                 await self._note_unreachable(commands)

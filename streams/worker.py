@@ -23,6 +23,7 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -52,7 +53,7 @@ from streams.rules import Invalid, Skip
 from streams.secrets import Role, login_dsn
 from streams.sending import Sender
 from streams.settings import Settings
-from streams.sink import Sink, TransientError
+from streams.sink import Contended, Sink, TransientError
 from streams.topics import Topics, command_partition, ensure_topics
 
 log = logging.getLogger("ofisync.worker")
@@ -66,6 +67,7 @@ APPLY_BATCH = 200  # messages, each a frame of commands
 CAPTURE_EVERY_S = 0.02
 APPLY_EVERY_S = 0.03
 MAX_BACKOFF_S = 15.0
+DEADLOCK_PAUSE_S = 0.05
 FETCH_WAIT_MS = 25
 MAX_FRAME_BYTES = 512 * 1024  # Kafka refuses messages over 1 MiB by default
 RELEASE_EVERY_S = 0.5
@@ -364,11 +366,18 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         sink: Sink, batch: list[Command], parked: dict[int, int] | None = None
     ) -> BatchResult:
         """Applies `batch`, waiting out an unreachable database. A batch that fails for any
-        other reason is applied command by command, so only the failing one is dead-lettered."""
+        other reason is applied command by command, so only the failing one is dead-lettered.
+        A batch rolled back to break a deadlock goes again at once, after a pause of a few
+        milliseconds, random so the other writer's retry does not meet it again."""
         backoff = 0.2
         while True:
             try:
                 return await sink.apply(batch, parked)
+            except Contended as exc:
+                metrics.DEADLOCK_RETRIES.labels(sink.target.value).inc()
+                log.info("%s: %s; the batch goes again", sink.target.value, exc)
+                await asyncio.sleep(random.uniform(0.0, DEADLOCK_PAUSE_S))
+                continue
             except TransientError as exc:
                 metrics.RETRIES.labels(sink.target.value).inc()
                 log.warning(

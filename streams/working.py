@@ -50,7 +50,10 @@ async def select_rows(
     links: Sequence[int] = (),
 ) -> list[dict[str, Any]]:
     """The rows of `entity` on `side` with these ids or link values, locked in id order, each
-    with its field clocks (CLOCKS)."""
+    with its field clocks (CLOCKS). The lock is the one an UPDATE of non-key columns takes:
+    `FOR UPDATE` would also block the key-share locks with which another transaction's insert
+    checks its foreign keys, and two workers' sinks, each updating a client the other's new
+    file points at, deadlocked on that."""
     names = row_columns(entity, side)
     by_link = entity.link(side) is not None and bool(links)
     params = [list(ids), list(links)] if by_link else [list(ids)]
@@ -78,7 +81,7 @@ def _select_sql(entity: Entity, side: Side, by_link: bool) -> str:
             "SELECT {}, (SELECT coalesce(jsonb_object_agg(e.key, ofisync.clock_us(e.value)),"
             " '{{}}') FROM ofisync.field_clock fc, jsonb_each_text(fc.clocks) e"
             " WHERE fc.tbl = {} AND fc.pk = t.id::text) FROM {} t WHERE {}"
-            " ORDER BY t.id FOR UPDATE OF t"
+            " ORDER BY t.id FOR NO KEY UPDATE OF t"
         )
         .format(
             sql.SQL(", ").join(
