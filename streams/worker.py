@@ -44,6 +44,7 @@ from streams.decode import DecodeError, Ignored, source_side
 from streams.door import take_at_the_door
 from streams.eager import hand_over_eagerly
 from streams.feed import MappingFeed
+from streams.linked import listen as listen_for_linked
 from streams.model import Command, Side
 from streams.observe import Observer, attention
 from streams.parking import ParentKey
@@ -474,6 +475,23 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
 
     for side in Side:
         release_task(side)
+
+    def listen_task(target: Side) -> None:
+        """Parents the other workers' sinks link on `target` wake this worker's release task."""
+
+        def heard(parents: list[ParentKey]) -> None:
+            linked[target] += parents
+            wake[target].set()
+
+        async def listen() -> None:
+            dsn = erp_dsn if target is Side.ERP else crm_dsn
+            await listen_for_linked(dsn, heard, sinks[target].backend_pids, target.value)
+
+        listen.__name__ = f"linked_on_{target.value}"
+        app.task(listen)
+
+    for side in Side:
+        listen_task(side)
 
     app.task(feed.run)
     app.task(observer.run)
