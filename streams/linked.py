@@ -3,10 +3,11 @@
 A change whose parent is not linked on the target yet is parked (streams/parking.py), and the
 batch that links the parent releases it at once, in the worker that linked it. With several
 workers the child is often parked by another one: a file and its segments come on different
-partitions. So each batch that links parents also says so on the target database's channel
-`ofisync_linked`, in its own transaction (PostgreSQL delivers it when the batch commits, never
-for a batch rolled back), and every worker listens there and wakes its release task with
-those parents. A worker ignores what its own sink said: it heard that already.
+partitions. So when a batch has linked new parents on both sides (the target row committed, the
+link written back into the source row) it says so on the source database's channel
+`ofisync_linked`, in the link-back's transaction (PostgreSQL delivers it at commit, never for a
+transaction rolled back). Every worker listens on both databases and wakes its release tasks
+with those parents. A worker ignores what its own sinks said: it heard that already.
 
 A notification missed (a listener reconnecting, say) costs only time: the parked change is
 tried again when its back-off runs out.
@@ -67,7 +68,7 @@ def parents_of(payload: str) -> list[ParentKey]:
 
 
 async def notify(conn: psycopg.AsyncConnection[Any], parents: Sequence[ParentKey]) -> None:
-    """Says, inside the batch's transaction, which parents it linked: one statement."""
+    """Says, inside the link-back's transaction, which parents are linked: one statement."""
     if parents:
         await conn.execute(
             "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) p", (CHANNEL, payloads(parents))

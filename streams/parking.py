@@ -13,8 +13,8 @@ together.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -66,58 +66,91 @@ def record_key(cmd: Command) -> RecordKey:
     return (cmd.source.value, cmd.entity, cmd.source_key)
 
 
-async def park(conn: psycopg.AsyncConnection[Any], cmd: Command, waiting: Waiting | None) -> None:
-    """Parks `cmd` (waiting None: behind an earlier parked change of the same record)."""
-    reason = waiting.reason if waiting else "an earlier change of the same record is waiting"
-    await conn.execute(
-        "INSERT INTO ofisync.parked (source, entity, source_key, lsn, parent_entity, parent_key,"
-        " waiting_for, command, next_attempt_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
-        " clock_timestamp() + make_interval(secs => %s))"
-        " ON CONFLICT (source, entity, source_key, lsn) DO NOTHING",
-        (
-            *record_key(cmd),
-            cmd.lsn,
-            waiting.parent_entity if waiting else None,
-            waiting.parent_key if waiting else None,
-            reason,
-            codec.encode(cmd),
-            retry_delay(0),
-        ),
-    )
+@dataclass
+class Moves:
+    """What one batch does to `ofisync.parked`, written at its end in a statement per kind
+    (`write`) instead of one per change: with several workers most segments of a new file are
+    parked by one and released by another, and each cost two or three round trips."""
+
+    parks: list[tuple[Command, Waiting | None]] = field(default_factory=list)
+    waits: list[tuple[int, Waiting]] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)
+
+    def park(self, cmd: Command, waiting: Waiting | None) -> None:
+        """Parks `cmd` (waiting None: behind an earlier parked change of the same record)."""
+        self.parks.append((cmd, waiting))
+
+    def still_waiting(self, parked_id: int, waiting: Waiting) -> None:
+        self.waits.append((parked_id, waiting))
+
+    def unpark(self, parked_id: int) -> None:
+        self.done.append(parked_id)
 
 
-async def still_waiting(
-    conn: psycopg.AsyncConnection[Any], parked_id: int, waiting: Waiting
-) -> None:
-    await conn.execute(
-        "UPDATE ofisync.parked SET attempts = attempts + 1, waiting_for = %s,"
-        " parent_entity = %s, parent_key = %s,"
-        " next_attempt_at = clock_timestamp() + make_interval(secs =>"
-        "   (%s::float8[])[least(attempts + 1, %s) + 1] * (0.5 + random() / 2))"
-        " WHERE id = %s",
-        (
-            waiting.reason,
-            waiting.parent_entity,
-            waiting.parent_key,
-            _delays(retry_cap(waiting)),
-            MAX_DOUBLINGS,
-            parked_id,
-        ),
-    )
+_PARK_SQL = (
+    "INSERT INTO ofisync.parked (source, entity, source_key, lsn, parent_entity, parent_key,"
+    " waiting_for, command, next_attempt_at)"
+    " SELECT u.*, clock_timestamp() + make_interval(secs => %s)"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
+    "  %s::text[], %s::bytea[]) u"
+    " ON CONFLICT (source, entity, source_key, lsn) DO NOTHING"
+)
+_WAIT_SQL = (
+    "UPDATE ofisync.parked p SET attempts = p.attempts + 1, waiting_for = u.reason,"
+    " parent_entity = u.parent_entity, parent_key = u.parent_key,"
+    " next_attempt_at = clock_timestamp() + make_interval(secs =>"
+    "   (CASE WHEN u.long_wait THEN %s::float8[] ELSE %s::float8[] END)"
+    "   [least(p.attempts + 1, %s) + 1] * (0.5 + random() / 2))"
+    " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::boolean[])"
+    "  AS u(id, reason, parent_entity, parent_key, long_wait)"
+    " WHERE p.id = u.id"
+)
 
 
-async def claim(conn: psycopg.AsyncConnection[Any], parked_id: int) -> bool:
-    """Locks a parked change for this transaction; False when another worker holds it or has
-    already applied it (several workers may release the same parked changes)."""
+async def write(conn: psycopg.AsyncConnection[Any], moves: Moves) -> None:
+    """A batch's parkings, attempts and releases, in the batch's transaction."""
+    if moves.parks:
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        for cmd, waiting in moves.parks:
+            row = (
+                *record_key(cmd),
+                cmd.lsn,
+                waiting.parent_entity if waiting else None,
+                waiting.parent_key if waiting else None,
+                waiting.reason if waiting else "an earlier change of the same record is waiting",
+                codec.encode(cmd),
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        await conn.execute(_PARK_SQL, (retry_delay(0), *columns))
+    if moves.waits:
+        await conn.execute(
+            _WAIT_SQL,
+            (
+                _delays(MAX_PARENT_RETRY_S),
+                _delays(MAX_RETRY_S),
+                MAX_DOUBLINGS,
+                [parked_id for parked_id, _ in moves.waits],
+                [w.reason for _, w in moves.waits],
+                [w.parent_entity for _, w in moves.waits],
+                [w.parent_key for _, w in moves.waits],
+                [retry_cap(w) == MAX_PARENT_RETRY_S for _, w in moves.waits],
+            ),
+        )
+    if moves.done:
+        await conn.execute("DELETE FROM ofisync.parked WHERE id = ANY(%s::bigint[])", (moves.done,))
+
+
+async def claim(conn: psycopg.AsyncConnection[Any], parked_ids: Collection[int]) -> set[int]:
+    """Locks these parked changes for this transaction; those another worker holds or has
+    already applied are left out (several workers may release the same parked changes)."""
+    if not parked_ids:
+        return set()
     cur = await conn.execute(
-        "SELECT 1 FROM ofisync.parked WHERE id = %s FOR UPDATE SKIP LOCKED", (parked_id,)
+        "SELECT id FROM ofisync.parked WHERE id = ANY(%s::bigint[]) FOR UPDATE SKIP LOCKED",
+        (list(parked_ids),),
     )
-    return await cur.fetchone() is not None
-
-
-async def unpark(conn: psycopg.AsyncConnection[Any], parked_id: int) -> None:
-    await conn.execute("DELETE FROM ofisync.parked WHERE id = %s", (parked_id,))
+    return {int(r[0]) for r in await cur.fetchall()}
 
 
 async def due(

@@ -476,18 +476,23 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
     for side in Side:
         release_task(side)
 
-    def listen_task(target: Side) -> None:
-        """Parents the other workers' sinks link on `target` wake this worker's release task."""
+    def listen_task(database: Side) -> None:
+        """Parents the other workers' sinks link, told on `database` (streams/linked.py), wake
+        this worker's release tasks as its own sinks' links do."""
 
         def heard(parents: list[ParentKey]) -> None:
-            linked[target] += parents
-            wake[target].set()
+            for side in Side:
+                linked[side] += parents
+                wake[side].set()
+
+        def own() -> list[int]:
+            return [pid for sink in sinks.values() for pid in sink.backend_pids(database)]
 
         async def listen() -> None:
-            dsn = erp_dsn if target is Side.ERP else crm_dsn
-            await listen_for_linked(dsn, heard, sinks[target].backend_pids, target.value)
+            dsn = erp_dsn if database is Side.ERP else crm_dsn
+            await listen_for_linked(dsn, heard, own, database.value)
 
-        listen.__name__ = f"linked_on_{target.value}"
+        listen.__name__ = f"linked_on_{database.value}"
         app.task(listen)
 
     for side in Side:

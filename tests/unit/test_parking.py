@@ -36,7 +36,7 @@ def test_retries_back_off_doubling_up_to_a_cap(attempts: int, cap: float) -> Non
 
 @given(st.integers(min_value=0, max_value=10_000))
 def test_the_database_picks_its_back_off_from_the_same_curve(attempts: int) -> None:
-    # still_waiting's UPDATE reads _delays[least(attempts, MAX_DOUBLINGS)].
+    # The UPDATE of a parked change still waiting reads _delays[least(attempts, MAX_DOUBLINGS)].
     for cap in (MAX_RETRY_S, MAX_PARENT_RETRY_S):
         assert _delays(cap)[min(attempts, MAX_DOUBLINGS)] == retry_delay(attempts, cap)
 
