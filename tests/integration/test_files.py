@@ -231,9 +231,16 @@ def test_an_unmapped_owner_and_agency_fall_back_to_the_defaults_and_show_it(
     file_id = crm_file(crm, crm_account(crm), unmapped.username, unmapped.agency_id)
     got = erp_file_of(erp, file_id)
     assert (got["vendedor_id"], got["sucursal_id"]) == (defaults.vendedor_id, defaults.sucursal_id)
-    assert (
-        metric(stack.settings, "ofisync_mapping_fallbacks_total", target="erp", mapping="seller")
-        > seen
+    # Counted once the batch is settled, just after its commit: waited for, not raced.
+    eventually(
+        lambda: (
+            metric(
+                stack.settings, "ofisync_mapping_fallbacks_total", target="erp", mapping="seller"
+            )
+            > seen
+        ),
+        SYNC_WINDOW,
+        "the worker counts the seller fallback",
     )
     unmapped_now = web_json(stack.settings, "/mapping")["unmapped"]
     assert unmapped.username in unmapped_now["crm_users"]
