@@ -55,7 +55,6 @@ from streams.secrets import Role, login_dsn
 from streams.sending import Sender
 from streams.settings import Settings
 from streams.sink import Contended, Sink, TransientError
-from streams.sink_loop import SinkLoop
 from streams.topics import Topics, command_partition, ensure_topics
 
 log = logging.getLogger("ofisync.worker")
@@ -232,7 +231,6 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         Side.ERP: Sink(Side.ERP, erp_dsn, crm_dsn, policy, lambda: feed.mapping),
         Side.CRM: Sink(Side.CRM, crm_dsn, erp_dsn, policy, lambda: feed.mapping),
     }
-    sink_loop = SinkLoop("ofisync-sinks")  # streams/sink_loop.py: their waits off the worker's loop
     own_dsns = {Side.ERP.value: erp_dsn, Side.CRM.value: crm_dsn}
     observer = Observer(settings, lambda: feed.mapping, own_dsns)
     # Parents linked by a batch, for each sink's release task to pick up at once.
@@ -375,7 +373,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         backoff = 0.2
         while True:
             try:
-                return await sink_loop.run(sink.apply(batch, parked))
+                return await sink.apply(batch, parked)
             except Contended as exc:
                 metrics.DEADLOCK_RETRIES.labels(sink.target.value).inc()
                 log.info("%s: %s; the batch goes again", sink.target.value, exc)
@@ -448,11 +446,11 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
                     last_count = time.monotonic()
                     with contextlib.suppress(TransientError):
                         before = parkings[target]
-                        parked = await sink_loop.run(sink.parked_count())
+                        parked = await sink.parked_count()
                         metrics.PARKED.labels(target.value).set(parked)
                         may_wait = parked > 0 or parkings[target] != before
                         if target is Side.CRM:
-                            waiting, failing = await sink_loop.run(sink.document_backlog())
+                            waiting, failing = await sink.document_backlog()
                             metrics.DOCUMENTS.labels("waiting").set(waiting)
                             metrics.DOCUMENTS.labels("failing").set(failing)
 
@@ -465,7 +463,7 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         """The release of what is due now, and whether more may be due (the release was full
         and moved something on: what still waits after its attempt is not due again)."""
         try:
-            due = await sink_loop.run(sink.due(parents))
+            due = await sink.due(parents)
         except TransientError as exc:
             log.warning("%s database unreachable (%s); parked changes wait", sink.target.value, exc)
             return None, False
