@@ -95,7 +95,7 @@ async def listen(
                     log.info("%s: listening for linked parents again", name)
                 failures = 0
                 async for note in conn.notifies():
-                    if note.pid in set(own()):
+                    if note.pid in own():
                         continue
                     parents = parents_of(note.payload)
                     if parents:
