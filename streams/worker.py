@@ -4,7 +4,8 @@ capture agent: captured changes (both databases) → `pipeline.route` → comman
 `<tenant>.to-erp` / `<tenant>.to-crm`, bad input to `<tenant>.dlq`.
 apply agents: commands → `Sink.apply` on the target database, translated with the live mapping
 that the mapping feed folds from the configuration topics (streams/feed.py).
-release task: parked changes → `Sink.release` when a parent gets linked or a back-off runs out.
+release task: parked changes → `Sink.release` when a parent gets linked (by this worker, or by
+another one: streams/linked.py) or a back-off runs out.
 
 Each agent's messages go from Faust's consumer to the agent's `Batcher` (streams/batching.py) at
 the door (streams/door.py); the batcher acknowledges them only after their batch's work is done.
