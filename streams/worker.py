@@ -360,9 +360,13 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         for cmd, reason in result.dead:
             await dead.send("apply", reason, CommandOrigin.of(cmd, messages.get(id(cmd))))
         if result.linked:
-            for side in Side:
-                linked[side] += result.linked
-                wake[side].set()
+            _wake_releases(result.linked)
+
+    def _wake_releases(parents: list[ParentKey]) -> None:
+        """Both sinks' release tasks go through the children waiting for `parents` now."""
+        for side in Side:
+            linked[side] += parents
+            wake[side].set()
 
     async def _apply_with_retry(
         sink: Sink, batch: list[Command], parked: dict[int, int] | None = None
@@ -481,17 +485,12 @@ def build_app(settings: Settings, in_flight: InFlight, partitions: Mapping[str, 
         """Parents the other workers' sinks link, told on `database` (streams/linked.py), wake
         this worker's release tasks as its own sinks' links do."""
 
-        def heard(parents: list[ParentKey]) -> None:
-            for side in Side:
-                linked[side] += parents
-                wake[side].set()
-
         def own() -> list[int]:
             return [pid for sink in sinks.values() for pid in sink.backend_pids(database)]
 
         async def listen() -> None:
-            dsn = erp_dsn if database is Side.ERP else crm_dsn
-            await listen_for_linked(dsn, heard, own, database.value)
+            dsn = sinks[database].target_dsn
+            await listen_for_linked(dsn, _wake_releases, own, database.value)
 
         listen.__name__ = f"linked_on_{database.value}"
         app.task(listen)
