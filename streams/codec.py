@@ -29,7 +29,7 @@ from typing import Any
 import fastavro
 import orjson
 
-from streams.model import Command, CommandOp, FieldValue, Side
+from streams.model import Canonical, Command, CommandOp, FieldValue, Side
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "command"
 MAGIC = 0
@@ -95,14 +95,17 @@ def _record(cmd: Command) -> dict[str, Any]:
     return _about(cmd) | {"values": values}
 
 
-def _before_at(values: Sequence[FieldValue]) -> list[int]:
+def _before_at(befores: Sequence[Canonical], afters: Sequence[Canonical]) -> list[int]:
     """The positions whose value before differs from the value after."""
     return [
         i
-        for i, v in enumerate(values)
-        if v.before is not v.after
-        and (v.before != v.after or type(v.before) is not type(v.after))  # 1 == True, and more
+        for i, (before, after) in enumerate(zip(befores, afters, strict=True))
+        if before is not after
+        and (before != after or type(before) is not type(after))  # 1 == True, and more
     ]
+
+
+_NO_VALUES: tuple[tuple[Any, ...], ...] = ((), (), (), ())
 
 
 def _framed(commands: Sequence[Command]) -> dict[str, Any]:
@@ -110,19 +113,16 @@ def _framed(commands: Sequence[Command]) -> dict[str, Any]:
     field_sets: dict[tuple[str, ...], int] = {}
     records = []
     for cmd in commands:
-        values = cmd.values
-        fields = tuple(v.field for v in values)
-        before_at = _before_at(values)
-        records.append(
-            _about(cmd)
-            | {
-                "fields_at": field_sets.setdefault(fields, len(field_sets)),
-                "after": orjson.dumps([v.after for v in values]),
-                "changed": [v.changed for v in values],
-                "before_at": before_at,
-                "before": orjson.dumps([values[i].before for i in before_at]),
-            }
-        )
+        # The values turned into columns (fields, befores, afters, changed) in one step.
+        fields, befores, afters, changed = tuple(zip(*cmd.values, strict=True)) or _NO_VALUES
+        before_at = _before_at(befores, afters)
+        record = _about(cmd)
+        record["fields_at"] = field_sets.setdefault(fields, len(field_sets))
+        record["after"] = orjson.dumps(afters)
+        record["changed"] = changed
+        record["before_at"] = before_at
+        record["before"] = orjson.dumps([befores[i] for i in before_at])
+        records.append(record)
     return {"field_sets": [list(fields) for fields in field_sets], "commands": records}
 
 

@@ -82,7 +82,7 @@ def test_a_version_4_batch_decodes_to_the_same_commands() -> None:
 def _columns(cmd: Command) -> dict[str, Any]:
     """A command as a v5 batch wrote it: values as parallel arrays, a before where it differs."""
     values = cmd.values
-    before_at = codec._before_at(values)
+    before_at = codec._before_at([v.before for v in values], [v.after for v in values])
     return codec._about(cmd) | {
         "fields": [v.field for v in values],
         "after": [v.after for v in values],
