@@ -21,6 +21,9 @@ lag stays bounded by construction; the figure is the rate at which changes land 
 Catch-up: a backlog of client updates built while the worker is stopped (native: while the
 subscription is disabled), then the time from the restart until the last change has landed.
 After each scenario `verify` must be clean (native: every published table equals its copy).
+While each scenario runs, the CPU time of every process on the machine is summed by engine
+(streams/machine_time.py): the worker, PostgreSQL's sessions that apply, its walsenders and the
+rest, Kafka Connect, Kafka and the bench itself, as shares of a core and per change.
 
 Latency is measured per change, from its source commit to its target commit, both read from
 PostgreSQL and never guessed: the source commit time is `pg_xact_commit_timestamp` of the
@@ -77,6 +80,7 @@ from streams.bench_load import (
     worker_lag,
 )
 from streams.bench_native import APPLIED, Reference
+from streams.machine_time import ENGINE_TITLES, MachineTime, engines_seen
 from streams.model import Side
 from streams.observe import percentile
 from streams.settings import Settings
@@ -252,6 +256,29 @@ def table_rows(document: Mapping[str, Any]) -> list[tuple[str, str, str, str, st
     return rows
 
 
+def machine_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The second table `ofisync bench` prints: where the machine's time went in each scenario,
+    per system: each engine's share of a core (100 = one core busy) and its CPU time per change
+    that landed. The header, then the rows."""
+    results = [r for sc in document["scenarios"] for r in sc.get("cpu", {}).values()]
+    engines = engines_seen(results)
+    header = ["scenario", "system", "figure", "changes\n/s", *(ENGINE_TITLES[e] for e in engines),
+              "\ntotal"]  # fmt: skip
+    rows: list[list[str]] = []
+    for sc in document["scenarios"]:
+        first = True
+        for system, r in sc.get("cpu", {}).items():
+            if "percent_of_a_core" not in r:
+                continue
+            percent, per_change = r["percent_of_a_core"], r.get("cpu_us_per_change") or {}
+            rows.append([sc["key"] if first else "", system, "%", _n(r["changes_per_s"]),
+                         *(_n(percent[e]) for e in engines), _n(r["total_percent"])])  # fmt: skip
+            rows.append(["", "", "µs", "", *(_n(per_change.get(e)) for e in engines),
+                         _n(sum(per_change.values()) if per_change else None)])  # fmt: skip
+            first = False
+    return header, rows
+
+
 # --- progress ------------------------------------------------------------------------------
 
 
@@ -329,6 +356,10 @@ METHOD = {
     " disabled); drain = restart → commit of the last change on the target",
     "reference": "PostgreSQL logical replication between database ofisync_bench of each cluster"
     " (publication + subscription, PostgreSQL's defaults), same load and measurement",
+    "cpu": "every process's user + system CPU time from /proc, sampled each second while the"
+    " scenario runs (catch-up: restart → drained), summed by engine (streams/machine_time.py);"
+    " percent_of_a_core = CPU s ÷ wall s × 100; cpu_us_per_change = CPU time ÷ changes landed"
+    " in the window (idle costs included)",
 }
 
 
@@ -564,6 +595,7 @@ class Bench:
             "params": {"rate_per_direction": rate, "seconds": self.plan.fixed_s,
                        "both_directions_at_once": True, "load": "mixed"},
             "directions": directions, "ofisync": {}, "native": {}, "checks": {}, "ratio": {},
+            "cpu": {},
         }  # fmt: skip
         for system in SYSTEMS:
             routes = list(self.routes[system].values())
@@ -572,8 +604,10 @@ class Bench:
                 if system == "ofisync"
                 else {}
             )
-            with self.ui.step(f"fixed {rate}/s each way, both at once: {system}") as show:
+            title = f"fixed {rate}/s each way, both at once: {system}"
+            with MachineTime(self.settings.tenant) as window, self.ui.step(title) as show:
                 lanes = await self._paced(routes, rate, show)
+            sc["cpu"][system] = window.result(sum(len(lane.landed) for lane in lanes))
             for lane in lanes:
                 found = figures(lane, self.plan.fixed_s)
                 if system == "ofisync":
@@ -639,13 +673,16 @@ class Bench:
             "params": {"seconds": plan.max_s - plan.warmup_s, "warmup_s": plan.warmup_s,
                        "window": plan.window, "load": "mixed"},
             "directions": [direction], "ofisync": {}, "native": {}, "checks": {}, "ratio": {},
+            "cpu": {},
         }  # fmt: skip
         for system in SYSTEMS:
             route = self.routes[system][side]
             probe = self._lag_probe(route)
             arrow = direction.replace("_to_", "→")
-            with self.ui.step(f"max rate, {arrow}, closed loop: {system}") as show:
+            title = f"max rate, {arrow}, closed loop: {system}"
+            with MachineTime(self.settings.tenant) as window, self.ui.step(title) as show:
                 sc[system][direction] = await self._closed(route, probe, show)
+            sc["cpu"][system] = window.result(sc[system][direction]["landed"])
             sc["checks"][system] = await self._check(system)
         sc["ratio"][direction] = {
             "landed_per_s": ratio(
@@ -710,6 +747,7 @@ class Bench:
             "key": "catch-up", "kind": "catch-up", "title": f"catch-up {n:,}",
             "params": {"backlog": n, "load": "client updates", "per_transaction": BACKLOG_TX},
             "directions": [direction], "ofisync": {}, "native": {}, "checks": {}, "ratio": {},
+            "cpu": {},
         }  # fmt: skip
         if self.stack.worker.pid() is None:
             sc["skipped"] = (
@@ -719,7 +757,7 @@ class Bench:
             return sc
         for system in SYSTEMS:
             route = self.routes[system][side]
-            sc[system][direction] = await self._catch_up(route)
+            sc[system][direction], sc["cpu"][system] = await self._catch_up(route)
             sc["checks"][system] = await self._check(system)
         sc["ratio"][direction] = {
             "drain_s": ratio(
@@ -728,37 +766,40 @@ class Bench:
         }
         return sc
 
-    async def _catch_up(self, route: Route) -> dict[str, Any]:
+    async def _catch_up(self, route: Route) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The catch-up's figures, and the machine's time while it drained."""
         from streams.topics import Topics
 
         n, ours = self.plan.backlog, route.system == "ofisync"
         topic = Topics(self.settings.tenant).capture(route.source, client_table(route.source))
         out: dict[str, Any] = {"system": route.system, "written": n}
-        async with self._lane(route).open() as lane:
-            pause_what = "stop the worker" if ours else "disable the subscription"
-            with self.ui.step(f"catch-up, {route.system}: {pause_what}"):
-                if ours:
-                    await asyncio.to_thread(self.stack.worker.stop)
-                else:
-                    await asyncio.to_thread(self.reference.set_enabled, route.source, False)
-            try:
-                before = await asyncio.to_thread(end_offsets, self.settings, [topic])
-                with self.ui.step(f"catch-up, {route.system}: {n:,} changes") as show:
-                    started = time.monotonic()
-                    last = await lane.write_backlog(n, lambda k: show(f"{k:,} of {n:,}", k, n))
-                    out["build_s"] = round(time.monotonic() - started, 1)
-                if ours:
-                    out["capture_s"] = await self._captured(topic, before, n, started)
-            finally:
-                resume_what = "restart the worker" if ours else "enable the subscription"
-                with self.ui.step(f"catch-up, {route.system}: {resume_what}"):
-                    resumed = time.time()
+        with MachineTime(self.settings.tenant) as drained:
+            async with self._lane(route).open() as lane:
+                pause_what = "stop the worker" if ours else "disable the subscription"
+                with self.ui.step(f"catch-up, {route.system}: {pause_what}"):
                     if ours:
-                        await asyncio.to_thread(self.stack.worker.start)
+                        await asyncio.to_thread(self.stack.worker.stop)
                     else:
-                        await asyncio.to_thread(self.reference.set_enabled, route.source, True)
-                    ready = time.time()
-            found, latest = await self._drain(lane, last, route)
+                        await asyncio.to_thread(self.reference.set_enabled, route.source, False)
+                try:
+                    before = await asyncio.to_thread(end_offsets, self.settings, [topic])
+                    with self.ui.step(f"catch-up, {route.system}: {n:,} changes") as show:
+                        started = time.monotonic()
+                        last = await lane.write_backlog(n, lambda k: show(f"{k:,} of {n:,}", k, n))
+                        out["build_s"] = round(time.monotonic() - started, 1)
+                    if ours:
+                        out["capture_s"] = await self._captured(topic, before, n, started)
+                finally:
+                    resume_what = "restart the worker" if ours else "enable the subscription"
+                    drained.reset()  # the window: from the restart until drained
+                    with self.ui.step(f"catch-up, {route.system}: {resume_what}"):
+                        resumed = time.time()
+                        if ours:
+                            await asyncio.to_thread(self.stack.worker.start)
+                        else:
+                            await asyncio.to_thread(self.reference.set_enabled, route.source, True)
+                        ready = time.time()
+                found, latest = await self._drain(lane, last, route)
         out |= {
             "clients": len(last),
             "clients_current": found,  # holding their last change on the target
@@ -768,7 +809,7 @@ class Bench:
             "drain_after_ready_s": None if latest is None else round(latest / 1e6 - ready, 1),
         }
         out["drain_per_s"] = round(n / out["drain_s"], 1) if out["drain_s"] else None
-        return out
+        return out, drained.result(n)
 
     async def _captured(self, topic: str, before: Mapping[Any, int], n: int, since: float) -> float:
         """Waits until Debezium has put the whole backlog into Kafka; seconds since `since`."""
@@ -969,6 +1010,27 @@ def print_table(document: Mapping[str, Any], console: Console | None = None) -> 
         f" {v.get('faust-streaming')}; {m['cores']} cores, {m['memory_gib']} GiB;"
         f" load average {m['load_average_before'][0]:.1f} → {m['load_average_after'][0]:.1f}"
     )
+    header, rows = machine_rows(document)
+    if rows:
+        machine_table = Table(
+            title=f"where the machine's time went ({m['cores']} cores: {100 * m['cores']} % is"
+            " all of them busy)",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        for i, name in enumerate(header):
+            machine_table.add_column(name, justify="left" if i < 3 else "right", no_wrap=True)
+        for cells in rows:
+            machine_table.add_row(*cells)
+        out.print(machine_table)
+        out.print(
+            "CPU time of every process on the machine (/proc), by engine, while each scenario ran"
+            " (catch-up: from the restart until drained). %: the share of one core; µs: CPU time"
+            " per change landed. PG writes: the sessions that apply changes; PG reads:"
+            " the walsenders; PG rest: the bench's load and PostgreSQL's own processes; bench:"
+            " the load generator."
+        )
     base = document["baseline_check"]
     if not base["clean"]:
         out.print(f"✗ verify was not clean before the run: {base['detail']}")

@@ -17,6 +17,7 @@ from streams.bench import (
     due,
     figures,
     landed_rate,
+    machine_rows,
     pause,
     per_second,
     ratio,
@@ -24,6 +25,7 @@ from streams.bench import (
     table_rows,
 )
 from streams.bench_load import Change, Landing, Lane, Route, Values, tag, tag_of
+from streams.machine_time import ENGINES
 from streams.model import Side
 
 # --- pacing ----------------------------------------------------------------------------------
@@ -155,6 +157,15 @@ def _latency(p50: float) -> dict[str, float]:
             "mean": p50}  # fmt: skip
 
 
+def _cpu(worker: float, connect: float) -> dict[str, Any]:
+    percent = {e: 0.0 for e in ENGINES} | {"worker": worker, "connect": connect}
+    return {"seconds": 10.0, "percent_of_a_core": percent, "total_percent": worker + connect,
+            "changes": 4000, "changes_per_s": 400.0,
+            # CPU s over the 10 s window, per change, in µs
+            "cpu_us_per_change": {e: round(p / 10 * 1e6 / 4000) for e, p in percent.items()},
+            "cores": 2}  # fmt: skip
+
+
 def _scenarios(native_clean: bool = True, lost: int = 0) -> list[dict[str, Any]]:
     both = ["erp_to_crm", "crm_to_erp"]
     fixed = {
@@ -166,6 +177,8 @@ def _scenarios(native_clean: bool = True, lost: int = 0) -> list[dict[str, Any]]
                    for d in both},
         "checks": {"ofisync": _check(), "native": _check(native_clean)},
         "ratio": {d: {"p50": 100.0, "p95": 100.0, "p99": 100.0} for d in both},
+        "cpu": {"ofisync": _cpu(worker=54.0, connect=38.0),
+                "native": _cpu(worker=0.0, connect=0.0)},
     }  # fmt: skip
     top = {
         "key": "max", "kind": "max", "title": "max rate, one way", "params": {},
@@ -232,3 +245,15 @@ def test_the_table_has_a_row_per_figure_with_both_systems_and_their_ratio() -> N
     assert top[0][6] == "✓"
     assert top[2][3:5] == ("1,800 msgs", "3.0 MiB")
     assert rows[11][0] == "catch-up 5,000" and rows[11][2] == "skipped"
+
+
+def test_the_machine_table_shows_each_engine_that_used_time_per_system() -> None:
+    header, rows = machine_rows(_document())
+    assert header == ["scenario", "system", "figure", "changes\n/s", "ofisync\nworker",
+                      "Kafka\nConnect", "\ntotal"]  # fmt: skip
+    assert rows == [
+        ["fixed-200", "ofisync", "%", "400", "54", "38", "92"],
+        ["", "", "µs", "", "1,350", "950", "2,300"],
+        ["", "native", "%", "400", "0", "0", "0"],
+        ["", "", "µs", "", "0", "0", "0"],
+    ]  # the other scenarios measured nothing (or were skipped)
