@@ -80,9 +80,10 @@ from streams.bench_load import (
     worker_lag,
 )
 from streams.bench_native import APPLIED, Reference
-from streams.machine_time import ENGINE_TITLES, MachineTime, engines_seen
+from streams.machine_time import MachineTime, engines_seen
 from streams.model import Side
 from streams.observe import percentile
+from streams.secrets import Role, role_name
 from streams.settings import Settings
 from streams.stack.procs import StackError
 
@@ -254,6 +255,18 @@ def table_rows(document: Mapping[str, Any]) -> list[tuple[str, str, str, str, st
                              c, _verified(sc["checks"]) if first else ""))  # fmt: skip
                 first = False
     return rows
+
+
+ENGINE_TITLES = {  # two lines each, to fit the machine table in 110 columns
+    "worker": "ofisync\nworker",
+    "postgres_writes": "PG\nwrites",
+    "postgres_reads": "PG\nreads",
+    "postgres_rest": "PG\nrest",
+    "connect": "Kafka\nConnect",
+    "kafka": "\nKafka",
+    "bench": "\nbench",
+    "other": "\nother",
+}
 
 
 def machine_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -504,6 +517,9 @@ class Bench:
             },
         }  # fmt: skip
 
+    def _machine_time(self) -> MachineTime:
+        return MachineTime(role_name(self.settings, Role.SINK))
+
     def _lane(self, route: Route) -> Lane:
         assert self.values is not None
         return Lane(route, self.values, self.run_id, self.seqs)
@@ -605,7 +621,7 @@ class Bench:
                 else {}
             )
             title = f"fixed {rate}/s each way, both at once: {system}"
-            with MachineTime(self.settings.tenant) as window, self.ui.step(title) as show:
+            with self._machine_time() as window, self.ui.step(title) as show:
                 lanes = await self._paced(routes, rate, show)
             sc["cpu"][system] = window.result(sum(len(lane.landed) for lane in lanes))
             for lane in lanes:
@@ -680,7 +696,7 @@ class Bench:
             probe = self._lag_probe(route)
             arrow = direction.replace("_to_", "→")
             title = f"max rate, {arrow}, closed loop: {system}"
-            with MachineTime(self.settings.tenant) as window, self.ui.step(title) as show:
+            with self._machine_time() as window, self.ui.step(title) as show:
                 sc[system][direction] = await self._closed(route, probe, show)
             sc["cpu"][system] = window.result(sc[system][direction]["landed"])
             sc["checks"][system] = await self._check(system)
@@ -773,7 +789,7 @@ class Bench:
         n, ours = self.plan.backlog, route.system == "ofisync"
         topic = Topics(self.settings.tenant).capture(route.source, client_table(route.source))
         out: dict[str, Any] = {"system": route.system, "written": n}
-        with MachineTime(self.settings.tenant) as drained:
+        with self._machine_time() as drained:
             async with self._lane(route).open() as lane:
                 pause_what = "stop the worker" if ours else "disable the subscription"
                 with self.ui.step(f"catch-up, {route.system}: {pause_what}"):

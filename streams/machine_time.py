@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from streams.stack import connect, kafka
+
 # Every process belongs to one of these, in this order in the report.
 ENGINES = (
     "worker",  # ofisync's worker processes
@@ -32,29 +34,20 @@ ENGINES = (
     "bench",  # this process: the load generator and the watchers of the target rows
     "other",
 )
-ENGINE_TITLES = {  # two lines each, to fit the bench's table in 110 columns
-    "worker": "ofisync\nworker",
-    "postgres_writes": "PG\nwrites",
-    "postgres_reads": "PG\nreads",
-    "postgres_rest": "PG\nrest",
-    "connect": "Kafka\nConnect",
-    "kafka": "\nKafka",
-    "bench": "\nbench",
-    "other": "\nother",
-}
 SAMPLE_S = 1.0  # a process that ends between two samples loses at most this much of its time
 
 
-def engine_of(cmdline: str, tenant: str, pid: int, bench_pid: int) -> str:
+def engine_of(cmdline: str, sink_role: str, pid: int, bench_pid: int) -> str:
     """The engine a process is part of, from its command line (PostgreSQL's processes show
-    their role there: `postgres: <user> <database> …`, `postgres: walsender …`)."""
+    their role there: `postgres: <user> <database> …`, `postgres: walsender …`). `sink_role`:
+    the database role the worker's sinks log in as."""
     if pid == bench_pid:
         return "bench"
     if cmdline.startswith("postgres:"):
         title = cmdline.split()
         if len(title) > 1 and title[1] == "walsender":
             return "postgres_reads"
-        if "logical replication worker" in cmdline or title[1:2] == [f"{tenant}_sink"]:
+        if "logical replication worker" in cmdline or title[1:2] == [sink_role]:
             return "postgres_writes"
         return "postgres_rest"
     argv = cmdline.split()
@@ -62,20 +55,18 @@ def engine_of(cmdline: str, tenant: str, pid: int, bench_pid: int) -> str:
         return "postgres_rest"
     if "streams.cli worker" in cmdline:
         return "worker"
-    if "ConnectDistributed" in cmdline:
+    if connect.MAIN_CLASS in argv:
         return "connect"
-    if "kafka.Kafka" in cmdline:
+    if kafka.MAIN_CLASS in argv:
         return "kafka"
     return "other"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One process seen once: its identity (pid and start time, as pids are reused), its engine
-    and the CPU ticks it has used so far."""
+    """One process seen once: its engine and the CPU ticks it has used so far. Samples are kept
+    by the process's pid and start time (pids are reused)."""
 
-    pid: int
-    started: int
     engine: str
     ticks: int
 
@@ -108,7 +99,7 @@ def usage(
 
 
 def _read(
-    proc: Path, tenant: str, bench_pid: int, engines: dict[tuple[int, int], str]
+    proc: Path, sink_role: str, bench_pid: int, engines: dict[tuple[int, int], str]
 ) -> dict[tuple[int, int], Sample]:
     """Every process now (those gone while read are skipped)."""
     found: dict[tuple[int, int], Sample] = {}
@@ -125,20 +116,20 @@ def _read(
                 cmdline = (
                     (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 )
-                engines[key] = engine_of(cmdline.strip(), tenant, pid, bench_pid)
+                engines[key] = engine_of(cmdline.strip(), sink_role, pid, bench_pid)
         except (OSError, IndexError, ValueError):
             continue
-        found[key] = Sample(pid, key[1], engines[key], int(stat[11]) + int(stat[12]))
+        found[key] = Sample(engines[key], int(stat[11]) + int(stat[12]))
     return found
 
 
 class MachineTime:
-    """`with MachineTime(tenant) as window: …` samples the machine while the block runs; then
+    """`with MachineTime(sink_role) as window: …` samples the machine while the block runs; then
     `window.result(changes)` says what each engine used. Where there is no /proc (not Linux),
     the result says so instead."""
 
-    def __init__(self, tenant: str, proc: Path = Path("/proc")) -> None:
-        self.tenant = tenant
+    def __init__(self, sink_role: str, proc: Path = Path("/proc")) -> None:
+        self.sink_role = sink_role
         self.proc = proc
         self._engines: dict[tuple[int, int], str] = {}
         self._first: dict[tuple[int, int], Sample] = {}
@@ -148,12 +139,11 @@ class MachineTime:
         self._started = self._ended = 0.0
 
     def _sample(self) -> dict[tuple[int, int], Sample]:
-        return _read(self.proc, self.tenant, os.getpid(), self._engines)
+        return _read(self.proc, self.sink_role, os.getpid(), self._engines)
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
-            for key, seen in self._sample().items():
-                self._last[key] = seen
+            self._last.update(self._sample())
 
     def __enter__(self) -> MachineTime:
         self.reset()
@@ -178,8 +168,7 @@ class MachineTime:
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join()
-            for key, seen in self._sample().items():
-                self._last[key] = seen
+            self._last.update(self._sample())
 
     def result(self, changes: int | None) -> dict[str, Any]:
         if not self._first:

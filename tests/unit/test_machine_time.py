@@ -42,15 +42,18 @@ BENCH_PID = 4242
     ],
 )
 def test_each_process_belongs_to_its_engine(cmdline: str, engine: str) -> None:
-    assert engine_of(cmdline, "ofisync", pid=7, bench_pid=BENCH_PID) == engine
+    assert engine_of(cmdline, "ofisync_sink", pid=7, bench_pid=BENCH_PID) == engine
 
 
 def test_the_bench_is_itself_whatever_its_command_line() -> None:
-    assert engine_of("/work/main/.venv/bin/python -m streams.cli bench", "ofisync", 9, 9) == "bench"
+    assert (
+        engine_of("/work/main/.venv/bin/python -m streams.cli bench", "ofisync_sink", 9, 9)
+        == "bench"
+    )
 
 
 def _sample(pid: int, engine: str, ticks: int, started: int = 1) -> tuple[tuple[int, int], Sample]:
-    return (pid, started), Sample(pid, started, engine, ticks)
+    return (pid, started), Sample(engine, ticks)
 
 
 def test_usage_counts_what_each_process_used_within_the_window() -> None:
@@ -93,13 +96,13 @@ def test_the_process_table_is_read_by_pid_and_start_time(tmp_path: Path) -> None
     process(10, "postgres", b"postgres: ofisync_sink oficrm 127.0.0.1(1) idle\0", 5, 3)
     process(11, "a (weird) name", b"/usr/bin/java\0-cp\0x\0kafka.Kafka\0", 40, 2)
     (tmp_path / "self").mkdir()  # not a process
-    seen = _read(tmp_path, "ofisync", BENCH_PID, {})
-    assert seen[(10, 777)] == Sample(10, 777, "postgres_writes", 8)
-    assert seen[(11, 777)] == Sample(11, 777, "kafka", 42)
+    seen = _read(tmp_path, "ofisync_sink", BENCH_PID, {})
+    assert seen[(10, 777)] == Sample("postgres_writes", 8)
+    assert seen[(11, 777)] == Sample("kafka", 42)
 
 
 def test_the_window_measures_the_cpu_this_process_spends_in_it() -> None:
-    with MachineTime("ofisync") as window:
+    with MachineTime("ofisync_sink") as window:
         spent_from = time.thread_time()
         while time.thread_time() - spent_from < 0.3:  # CPU time, whatever the machine's load
             pass
@@ -111,6 +114,6 @@ def test_the_window_measures_the_cpu_this_process_spends_in_it() -> None:
 
 
 def test_without_a_process_table_the_result_says_so(tmp_path: Path) -> None:
-    with MachineTime("ofisync", proc=tmp_path / "missing") as window:
+    with MachineTime("ofisync_sink", proc=tmp_path / "missing") as window:
         pass
     assert "unavailable" in window.result(changes=10)
