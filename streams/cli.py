@@ -68,7 +68,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
-    from streams.lag import report
+    from streams.ops.lag import report
 
     try:
         data = report(settings)
@@ -104,7 +104,7 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
 
-    from streams.verify import verify
+    from streams.ops.verify import verify
 
     try:
         report = verify(settings)
@@ -138,7 +138,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
-    from streams import dlq
+    from streams.ops import dlq
 
     try:
         letters = dlq.read_all(settings)
@@ -199,8 +199,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
     from rich.progress import Progress
 
-    from streams.model import Side
-    from streams.replay import ReplayError, replay
+    from streams.core.model import Side
+    from streams.ops.replay import ReplayError, replay
 
     since = _since_ms(args.since)
     try:
@@ -224,7 +224,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
-    from streams import doctor
+    from streams.ops import doctor
 
     checks = doctor.run(settings)
     if args.json:
@@ -244,7 +244,7 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.bench import print_table, run_bench
+    from ofisync_tools.bench import print_table, run_bench
 
     document = run_bench(settings, quick=args.quick)
     if args.json:
@@ -255,7 +255,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_faults(settings: Settings, args: argparse.Namespace) -> int:
-    from streams import faults
+    from ofisync_tools import faults
     from streams.stack.orchestrate import PlainProgress, Stack
 
     stack = Stack(settings)
@@ -287,7 +287,7 @@ def cmd_faults(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+    from streams.worker.app import run_worker
 
     run_worker(settings)
     return OK

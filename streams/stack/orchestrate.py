@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from streams.core.topics import ensure_topics
 from streams.settings import Endpoint, Settings
 from streams.stack import install
 from streams.stack.connect import Worker as ConnectWorker
@@ -22,8 +23,7 @@ from streams.stack.connect import is_running, wait_streaming
 from streams.stack.kafka import Broker
 from streams.stack.postgres import Cluster
 from streams.stack.procs import StackError, port_open
-from streams.stack.worker import WorkerProcess
-from streams.topics import ensure_topics
+from streams.stack.worker_process import WorkerProcess
 
 
 class Progress(Protocol):
@@ -154,7 +154,7 @@ class Stack:
         return st["state"] == "FAILED" or any(t["state"] == "FAILED" for t in st["tasks"])
 
     def load_demo(self) -> str:
-        from streams.demo import load_demo
+        from ofisync_tools.demo import load_demo
 
         with (
             psycopg.connect(self.settings.erp.dsn) as erp,

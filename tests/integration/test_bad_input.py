@@ -11,11 +11,11 @@ import psycopg
 from kafka import KafkaProducer
 from psycopg import sql
 
-from streams import codec
-from streams.dlq import read_all
-from streams.model import CLIENT, Command, CommandOp, FieldValue, Side
+from streams.core import codec
+from streams.core.model import CLIENT, Command, CommandOp, FieldValue, Side
+from streams.core.topics import Topics
+from streams.ops.dlq import read_all
 from streams.stack.orchestrate import Stack
-from streams.topics import Topics
 from tests.integration.helpers import crm_id_of, eventually, new_erp_client, one, query, tag
 
 SYNC_WINDOW = 15.0

@@ -15,9 +15,9 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import OffsetSpec
 
-from streams.model import CLIENT, Side
+from streams.core.model import CLIENT, Side
+from streams.core.topics import Topics
 from streams.stack.orchestrate import Stack
-from streams.topics import Topics
 from tests.integration.helpers import (
     TopicTail,
     crm_id_of,

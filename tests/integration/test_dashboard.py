@@ -14,8 +14,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from ofisync_tools.browser import ensure_chromium, render
 from streams.settings import Settings
-from streams.stack.browser import ensure_chromium, render
 from streams.stack.orchestrate import Stack
 from tests.integration.helpers import eventually, tag, web_json
 

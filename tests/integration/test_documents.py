@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from streams.documents import CRM_UNREACHABLE, WAITING_FOR_FILE
+from streams.apply.documents import CRM_UNREACHABLE, WAITING_FOR_FILE
+from streams.core.topics import Topics
 from streams.stack.orchestrate import Stack
-from streams.topics import Topics
 from tests.integration.helpers import (
     eventually,
     ofisync,

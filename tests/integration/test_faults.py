@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import faults
+from ofisync_tools import faults
 from streams.stack.orchestrate import Stack
 
 QUICK = {s.name: s for s in faults.scenarios(db_hold_s=10, hold_s=5)}

@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from streams.dlq import read_all
-from streams.parking import RELEASE_LIMIT
+from streams.apply.parking import RELEASE_LIMIT
+from streams.core.topics import Topics
+from streams.ops.dlq import read_all
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
-from streams.topics import Topics
 from tests.integration.helpers import (
     eventually,
     metric,

@@ -6,9 +6,9 @@ import json
 import subprocess
 from typing import Any
 
+from streams.core.topics import Topics
 from streams.stack.kafka import jvm
 from streams.stack.orchestrate import Stack
-from streams.topics import Topics
 from tests.integration.helpers import eventually, ofisync, settled
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 
-from streams.linked import listen, notify
-from streams.parking import ParentKey
+from streams.apply.parent_links import listen, notify
+from streams.apply.parking import ParentKey
 
 DEADLINE_S = 20.0
 

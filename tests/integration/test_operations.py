@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from streams.dlq import WaitingCount, read_all
+from streams.core.topics import Topics
+from streams.ops.dlq import WaitingCount, read_all
 from streams.settings import Settings
 from streams.stack.orchestrate import Stack
-from streams.topics import Topics
 from tests.integration.helpers import (
     crm_id_of,
     eventually,

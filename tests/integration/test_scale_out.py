@@ -11,7 +11,7 @@ from typing import Any
 from streams.stack.connect import Worker as ConnectWorker
 from streams.stack.connect import http
 from streams.stack.orchestrate import Stack
-from streams.stack.worker import WorkerProcess
+from streams.stack.worker_process import WorkerProcess
 from tests.integration.helpers import eventually, ofisync, one, tag, worker_lag
 
 SYNC_WINDOW = 30.0

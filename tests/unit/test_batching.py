@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from streams import batching
-from streams.batching import Batcher
+from streams.worker import batching
+from streams.worker.batching import Batcher
 
 DEADLINE_S = 5.0
 

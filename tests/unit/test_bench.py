@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.bench import (
+from ofisync_tools.bench import (
     QUICK,
     TICK_S,
     Headway,
@@ -24,9 +24,9 @@ from streams.bench import (
     stats,
     table_rows,
 )
-from streams.bench_load import Change, Landing, Lane, Route, Values, tag, tag_of
-from streams.machine_time import ENGINES
-from streams.model import Side
+from ofisync_tools.bench_load import Change, Landing, Lane, Route, Values, tag, tag_of
+from ofisync_tools.machine_time import ENGINES
+from streams.core.model import Side
 
 # --- pacing ----------------------------------------------------------------------------------
 

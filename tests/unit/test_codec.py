@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import codec
-from streams.model import Command, CommandOp, FieldValue, Side
+from streams.core import codec
+from streams.core.model import Command, CommandOp, FieldValue, Side
 
 canonical = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(2**63), 2**63 - 1))
 

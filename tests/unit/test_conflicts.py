@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.conflicts import Current, Decision, Incoming, Policy, decide
-from streams.model import Side
+from streams.core.conflicts import Current, Decision, Incoming, Policy, decide
+from streams.core.model import Side
 
 
 def test_a_target_still_at_the_before_image_takes_the_change() -> None:

@@ -9,8 +9,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.decode import DecodeError, Ignored, decode, looks_like_echo
-from streams.model import ChangeEvent, Op, Side
+from streams.core.decode import DecodeError, Ignored, decode, looks_like_echo
+from streams.core.model import ChangeEvent, Op, Side
 
 TOPIC = "ofisync.erp.public.clientes"
 

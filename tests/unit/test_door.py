@@ -10,7 +10,7 @@ import faust
 from faust.types import TP
 from faust.types.tuples import Message
 
-from streams.door import take_at_the_door
+from streams.worker.door import take_at_the_door
 
 CAPTURED = "t.erp.public.clientes"
 COMMANDS = "t.to-crm"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mode import Service
 
-from streams.eager import Started, eager_wait_first, hand_over_eagerly
+from streams.worker.eager import Started, eager_wait_first, hand_over_eagerly
 from tests.unit.test_batching import run
 
 DEADLINE_S = 5.0

@@ -3,9 +3,9 @@ frames it sent without decoding them, and gets the same commands."""
 
 from __future__ import annotations
 
-from streams import codec
-from streams.model import Command, CommandOp, FieldValue, Side
-from streams.worker import MAX_FRAME_BYTES, _frames
+from streams.core import codec
+from streams.core.model import Command, CommandOp, FieldValue, Side
+from streams.worker.app import MAX_FRAME_BYTES, _frames
 
 
 def _command(n: int, size: int) -> Command:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.linked import MAX_PAYLOAD_BYTES, parents_of, payloads
-from streams.parking import ParentKey
+from streams.apply.parent_links import MAX_PAYLOAD_BYTES, parents_of, payloads
+from streams.apply.parking import ParentKey
 
 names = st.text(min_size=1, max_size=40)
 parents = st.lists(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.machine_time import MachineTime, Sample, _read, engine_of, usage
+from ofisync_tools.machine_time import MachineTime, Sample, _read, engine_of, usage
 
 BENCH_PID = 4242
 

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.mapping import FILE_STATUS, TICKET_KIND, Mapping, translate_word
-from streams.model import ChangeEvent, Op, Side, Via
+from streams.core.mapping import FILE_STATUS, TICKET_KIND, Mapping, translate_word
+from streams.core.model import ChangeEvent, Op, Side, Via
 
 
 def change(

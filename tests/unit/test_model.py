@@ -9,7 +9,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.model import ENTITIES, Kind, Side, canonical, to_db
+from streams.core.model import ENTITIES, Kind, Side, canonical, to_db
 from streams.settings import Settings
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from streams import metrics
+from streams.worker import metrics
 
 MONITORING: Final = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
 

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.observe import WAL_BOUND, Latencies, percentile, problems
+from streams.ops.observe import WAL_BOUND, Latencies, percentile, problems
 
 
 def healthy() -> dict[str, Any]:

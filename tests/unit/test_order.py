@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.model import Command, CommandOp, Side
-from streams.order import parents_first
-from streams.parking import record_key
+from streams.apply.parking import record_key
+from streams.core.model import Command, CommandOp, Side
+from streams.core.order import parents_first
 
 
 def _cmd(entity: str, key: int, op: CommandOp = CommandOp.UPSERT, lsn: int = 0) -> Command:

@@ -6,8 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.model import Command, CommandOp, Side
-from streams.parking import (
+from streams.apply.parking import (
     FIRST_RETRY_S,
     MAX_DOUBLINGS,
     MAX_PARENT_RETRY_S,
@@ -19,6 +18,7 @@ from streams.parking import (
     retry_cap,
     retry_delay,
 )
+from streams.core.model import Command, CommandOp, Side
 
 
 def test_the_first_retry_comes_soon() -> None:

@@ -10,12 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.conflicts import Current, Incoming, Policy, decide
-from streams.decode import DecodeError, Ignored
-from streams.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES, Mapping
-from streams.model import ENTITIES, ChangeEvent, Command, Op, Side, Via
-from streams.pipeline import Echo, route
-from streams.rules import Invalid, Skip, to_command
+from streams.core.conflicts import Current, Incoming, Policy, decide
+from streams.core.decode import DecodeError, Ignored
+from streams.core.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES, Mapping
+from streams.core.model import ENTITIES, ChangeEvent, Command, Op, Side, Via
+from streams.core.routing import Echo, route
+from streams.core.rules import Invalid, Skip, to_command
 
 canonical = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=40)

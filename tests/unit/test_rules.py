@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.model import (
+from streams.core.model import (
     CLIENT,
     DOCUMENT,
     FILE,
@@ -19,7 +19,7 @@ from streams.model import (
     Side,
     entity_for_table,
 )
-from streams.rules import Invalid, Skip, pnr_capture, to_command
+from streams.core.rules import Invalid, Skip, pnr_capture, to_command
 
 ERP_ROW = {f.erp: None for f in CLIENT.fields} | {
     "id": 5,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.topics import command_partition
+from streams.core.topics import command_partition
 
 
 @given(st.integers(min_value=1, max_value=64))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streams.mapping import Mapping
-from streams.model import CLIENT, FILE, Canonical, ChangeEvent, Op, Side
-from streams.verify import Links, compare_pair
+from streams.core.mapping import Mapping
+from streams.core.model import CLIENT, FILE, Canonical, ChangeEvent, Op, Side
+from streams.ops.verify import Links, compare_pair
 
 
 def mapping() -> Mapping:

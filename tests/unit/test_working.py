@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.model import CLIENT, FILE, SEGMENT, Kind, Side, to_db
-from streams.working import _json, row_columns, too_long
+from streams.apply.unit_of_work import _json, row_columns, too_long
+from streams.core.model import CLIENT, FILE, SEGMENT, Kind, Side, to_db
 
 
 @pytest.mark.parametrize(

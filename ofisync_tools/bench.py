@@ -1,0 +1,1057 @@
+"""Benchmark (operations): `ofisync bench` — how soon and how fast changes cross, on the running
+local stack, against PostgreSQL's native logical replication between the same two clusters
+(streams/bench_native.py) as the reference. This module runs the scenarios and reports them;
+streams/bench_load.py writes the load and watches it land.
+
+Load. Realistic changes written in short transactions by one connection per direction: client
+updates (contact fields and the notes change) and new booking files — from the CRM with their
+flight and train segments — in a mix of 70 % client updates and 30 % new files (by event).
+A *change* is one row that crosses: a CRM file with two segments is three changes.
+Values come from the demo data generator (streams/demo.py). The clients updated are bench
+clients, linked pairs recognised by their notes starting with "bench "; they are created (through
+the sync) on the first run and reused, half of them changed on each side. Files are new rows each
+run (their numbers carry the run id); they stay, like the demo data.
+
+Scenarios. (1) Fixed rate: 200 and 500 changes/s per direction, both directions at once;
+latency p50/p95/p99 per direction; and 50/s, a busy agency's day, where nothing queues and the
+latency is that of the hops themselves. (2) One direction (OfiViaje → CRM) as fast as it will go,
+closed loop: the generator writes whenever fewer than `window` changes are on their way, so the
+lag stays bounded by construction; the figure is the rate at which changes land on the target
+(after a warm-up), and the Kafka consumer lag sampled meanwhile is reported beside it. (3)
+Catch-up: a backlog of client updates built while the worker is stopped (native: while the
+subscription is disabled), then the time from the restart until the last change has landed.
+After each scenario `verify` must be clean (native: every published table equals its copy).
+While each scenario runs, the CPU time of every process on the machine is summed by engine
+(streams/machine_time.py): the worker, PostgreSQL's sessions that apply, its walsenders and the
+rest, Kafka Connect, Kafka and the bench itself, as shares of a core and per change.
+
+Latency is measured per change, from its source commit to its target commit, both read from
+PostgreSQL and never guessed: the source commit time is `pg_xact_commit_timestamp` of the
+generator's transaction id; the target time is `pg_xact_commit_timestamp(xmin)` of the target
+row version that carries the change (`track_commit_timestamp = on` in both clusters, one
+machine, one clock). A client update carries a tag "bench <run> <seq>" in its notes, so the
+version that holds it is the one that carries it; new rows are found by their link column. The
+watcher reads the target rows of the changes still on their way every 0.2 s and keeps the commit
+time of the version it finds (reading adds load, never time, to a measured change); a client is
+changed again only after its previous change has landed, so no version is overwritten unseen
+(the catch-up backlog excepted: there only each client's last change is awaited). On the native
+subscriber the commit timestamp is the publisher's (replication origins), so there the arrival
+is `clock_timestamp()` stamped by a trigger as the row is applied, just before the apply
+commits; commit timestamps too are taken just before the commit record is flushed. Changes in
+one source transaction share its commit time; the paced load commits every 10 ms or so (2
+changes a transaction at 200/s). A wait gives up only when nothing has moved for `stall_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import itertools
+import math
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ofisync_tools.bench_load import (
+    BACKLOG_TX,
+    CLIENT_COLUMNS,
+    NATIVE_LANDINGS,
+    OURS_ARRIVED,
+    OURS_LANDINGS,
+    TAG,
+    Lane,
+    Pair,
+    Route,
+    Values,
+    client_table,
+    end_offsets,
+    stages,
+    worker_lag,
+)
+from ofisync_tools.bench_native import APPLIED, Reference
+from ofisync_tools.machine_time import MachineTime, engines_seen
+from streams.core.model import Side
+from streams.ops.observe import percentile
+from streams.secrets import Role, role_name
+from streams.settings import Settings
+from streams.stack.procs import StackError
+
+TICK_S = 0.01  # the paced load's shortest pause: a few changes share a transaction
+MAX_PAUSE_S = 0.1
+POLL_S = 0.2  # how often the target is read for the changes on their way
+MAX_TX_CHANGES = 50  # the most changes one transaction of the closed loop writes
+SYSTEMS = ("ofisync", "native")
+
+
+# --- what a run does ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    fixed_s: float  # scenario 1, per rate
+    max_s: float  # scenario 2, including the warm-up
+    warmup_s: float
+    window: int  # scenario 2: changes on their way at most
+    backlog: int  # scenario 3
+    pool: int  # bench clients per direction
+    stall_s: float  # give up waiting (for changes to land, a backlog to drain) after no progress
+    rates: tuple[int, ...] = (50, 200, 500)
+
+
+FULL = Plan(False, fixed_s=60, max_s=70, warmup_s=10, window=4000, backlog=500_000, pool=4000,
+            stall_s=120)  # fmt: skip
+QUICK = Plan(True, fixed_s=3, max_s=8, warmup_s=2, window=600, backlog=2_000, pool=1500,
+             stall_s=60)  # fmt: skip
+
+
+# --- pure parts ----------------------------------------------------------------------------
+
+
+def due(elapsed_s: float, rate: float, written: int) -> int:
+    """How many changes a load paced at `rate`/s owes after `elapsed_s`, `written` written."""
+    return max(0, math.floor(elapsed_s * rate + 1e-9) - written)
+
+
+def pause(elapsed_s: float, rate: float, written: int) -> float:
+    """How long the paced load sleeps: until its next change is due, but at least one tick
+    (so a fast rate writes a few changes per transaction) and at most MAX_PAUSE_S."""
+    return min(MAX_PAUSE_S, max(TICK_S, (written + 1) / rate - elapsed_s))
+
+
+def stats(latencies_ms: Sequence[float]) -> dict[str, float] | None:
+    """Count, nearest-rank percentiles, maximum and mean of latencies in ms; None without any."""
+    if not latencies_ms:
+        return None
+
+    def ms(value: float | None) -> float:
+        return round(value or 0.0, 1)
+
+    return {
+        "count": len(latencies_ms),
+        "p50": ms(percentile(latencies_ms, 0.50)),
+        "p95": ms(percentile(latencies_ms, 0.95)),
+        "p99": ms(percentile(latencies_ms, 0.99)),
+        "max": ms(max(latencies_ms)),
+        "mean": ms(sum(latencies_ms) / len(latencies_ms)),
+    }
+
+
+def landed_rate(times_us: Sequence[int], start_us: int, end_us: int) -> float:
+    """Changes per second that landed within [start, end)."""
+    seconds = (end_us - start_us) / 1e6
+    if seconds <= 0:
+        return 0.0
+    return sum(start_us <= t < end_us for t in times_us) / seconds
+
+
+def per_second(times_us: Sequence[int], start_us: int, end_us: int) -> list[int]:
+    """How many changes landed in each whole second of [start, end)."""
+    counts = [0] * max(0, math.ceil((end_us - start_us) / 1e6))
+    for t in times_us:
+        if start_us <= t < end_us:
+            counts[int((t - start_us) // 1_000_000)] += 1
+    return counts
+
+
+def figures(lane: Lane, seconds: float) -> dict[str, Any]:
+    """What a lane measured: counts, rate written, latency overall and per kind of change, and
+    for the sync how many changes its target transactions held (they share a commit time)."""
+    found: dict[str, Any] = {
+        "system": lane.route.system,
+        "written": lane.written,
+        "landed": len(lane.landed),
+        "lost": lane.in_flight,
+        "written_per_s": round(lane.written / seconds, 1) if seconds else None,
+        "latency_ms": stats(lane.latencies()),
+        "by_kind": {k: stats(lane.latencies(k)) for k in lane.route.landings},
+    }
+    commits = {c.target_us for c in lane.landed}
+    if lane.route.system == "ofisync" and commits:
+        found["changes_per_target_commit"] = round(len(lane.landed) / len(commits), 1)
+    return found
+
+
+def ratio(ours: float | None, native: float | None) -> float | None:
+    """ofisync's figure divided by the reference's (None when either is missing or zero)."""
+    if ours is None or not native:
+        return None
+    return round(ours / native, 2)
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    """A ratio, with fewer decimals the larger it is."""
+    if value is None:
+        return "-"
+    return f"{value:,.{0 if value >= 100 else 1 if value >= 10 else 2}f}×"
+
+
+def _verified(checks: Mapping[str, Any]) -> str:
+    failed = [system for system in SYSTEMS if system in checks and not checks[system]["clean"]]
+    return "✓" if not failed else "✗ " + ", ".join(failed)
+
+
+def _size(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 2**20:,.1f} MiB" if value >= 2**20 else f"{value / 2**10:,.0f} KiB"
+
+
+def table_rows(document: Mapping[str, Any]) -> list[tuple[str, str, str, str, str, str, str]]:
+    """The table `ofisync bench` prints, one row per figure: scenario, direction, figure,
+    ofisync, native, ratio (ofisync ÷ native), and whether the checks after the scenario
+    (`verify`, the native copies) were clean."""
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
+    for sc in document["scenarios"]:
+        if sc.get("skipped"):
+            rows.append((sc["title"], "", "skipped", "", "", "", sc["skipped"]))
+            continue
+        first = True
+        for direction in sc["directions"]:
+            ours, native = sc["ofisync"][direction], sc["native"].get(direction) or {}
+            r = sc["ratio"].get(direction, {})
+            arrow = direction.replace("_to_", "→")
+            out: list[tuple[str, str, str, str, str]] = []  # figure, ofisync, native, ratio
+            if sc["kind"] == "fixed":
+                lo, ln = ours["latency_ms"] or {}, native.get("latency_ms") or {}
+                for q in ("p50", "p95", "p99"):
+                    out.append((f"{q} ms", _n(lo.get(q)), _n(ln.get(q), 1), _x(r.get(q)), ""))
+                # Below the rate asked for: the bench clients were all still on their way.
+                out.append(("written/s", _n(ours["written_per_s"]),
+                            _n(native.get("written_per_s")), "", ""))  # fmt: skip
+            elif sc["kind"] == "max":
+                marks = ["*" if f.get("generator_bound") else "" for f in (ours, native)]
+                out.append(("changes/s", _n(ours["landed_per_s"]) + marks[0],
+                            _n(native.get("landed_per_s")) + marks[1],
+                            _x(r.get("landed_per_s")), ""))  # fmt: skip
+                lo, ln = ours["latency_ms"] or {}, native.get("latency_ms") or {}
+                ours_q = f"{_n(lo.get('p50'))} / {_n(lo.get('p99'))}"
+                native_q = f"{_n(ln.get('p50'), 1)} / {_n(ln.get('p99'), 1)}"
+                out.append(("p50 / p99 ms", ours_q, native_q, "", ""))
+                out.append(("max lag", f"{_n(ours.get('max_lag'))} msgs",
+                            _size(native.get("max_lag")), "", ""))  # fmt: skip
+            else:
+                out.append(("drain s", _n(ours["drain_s"], 1), _n(native.get("drain_s"), 1),
+                            _x(r.get("drain_s")), ""))  # fmt: skip
+                out.append(("changes/s", _n(ours["drain_per_s"]), _n(native.get("drain_per_s")),
+                            "", ""))  # fmt: skip
+            for i, (figure, a, b, c, _) in enumerate(out):
+                rows.append((sc["title"] if first else "", arrow if i == 0 else "", figure, a, b,
+                             c, _verified(sc["checks"]) if first else ""))  # fmt: skip
+                first = False
+    return rows
+
+
+ENGINE_TITLES = {  # two lines each, to fit the machine table in 110 columns
+    "worker": "ofisync\nworker",
+    "postgres_writes": "PG\nwrites",
+    "postgres_reads": "PG\nreads",
+    "postgres_rest": "PG\nrest",
+    "connect": "Kafka\nConnect",
+    "kafka": "\nKafka",
+    "bench": "\nbench",
+    "other": "\nother",
+}
+
+
+def machine_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The second table `ofisync bench` prints: where the machine's time went in each scenario,
+    per system: each engine's share of a core (100 = one core busy) and its CPU time per change
+    that landed. The header, then the rows."""
+    results = [r for sc in document["scenarios"] for r in sc.get("cpu", {}).values()]
+    engines = engines_seen(results)
+    header = ["scenario", "system", "figure", "changes\n/s", *(ENGINE_TITLES[e] for e in engines),
+              "\ntotal"]  # fmt: skip
+    rows: list[list[str]] = []
+    for sc in document["scenarios"]:
+        first = True
+        for system, r in sc.get("cpu", {}).items():
+            if "percent_of_a_core" not in r:
+                continue
+            percent, per_change = r["percent_of_a_core"], r.get("cpu_us_per_change") or {}
+            rows.append([sc["key"] if first else "", system, "%", _n(r["changes_per_s"]),
+                         *(_n(percent[e]) for e in engines), _n(r["total_percent"])])  # fmt: skip
+            rows.append(["", "", "µs", "", *(_n(per_change.get(e)) for e in engines),
+                         _n(sum(per_change.values()) if per_change else None)])  # fmt: skip
+            first = False
+    return header, rows
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+class Step(Protocol):
+    def __call__(
+        self, info: str, completed: float | None = None, total: float | None = None
+    ) -> None: ...
+
+
+class BarStep:
+    """Updates one task of a rich progress display."""
+
+    def __init__(self, bar: Progress, task: Any) -> None:
+        self.bar, self.task = bar, task
+
+    def __call__(
+        self, info: str, completed: float | None = None, total: float | None = None
+    ) -> None:
+        self.bar.update(self.task, info=info, completed=completed, total=total)
+
+
+class Ui:
+    """Progress on stderr, so stdout holds only the table or the JSON document."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[Step]:
+        started = time.monotonic()
+        if not self.console.is_terminal:  # a log: the outcome lines only
+            try:
+                yield lambda info, completed=None, total=None: None
+            except BaseException:
+                self.console.print(f"✗ {title}")
+                raise
+            self.console.print(f"✓ {title} ({time.monotonic() - started:.1f} s)")
+            return
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as bar:
+            try:
+                yield BarStep(bar, bar.add_task(title, total=None, info=""))
+            except BaseException:
+                bar.stop()
+                self.console.print(f"✗ {title}")
+                raise
+        self.console.print(f"✓ {title} ({time.monotonic() - started:.1f} s)")
+
+    def note(self, text: str) -> None:
+        self.console.print(f"  {text}")
+
+
+# --- the run -------------------------------------------------------------------------------
+
+VERIFY_ATTEMPTS = 15  # link-backs follow the target commit by a moment: verify settles
+
+METHOD = {
+    "latency": "per change: pg_xact_commit_timestamp of the source transaction → commit time of"
+    " the target row version that carries it (ofisync: pg_xact_commit_timestamp(xmin); native:"
+    " clock_timestamp() stamped by a trigger as the subscriber applies the row, because a"
+    " subscriber records the publisher's commit time)",
+    "load": "one connection per direction; 70 % client updates (notes tagged 'bench <run>"
+    " <seq>', contact fields), 30 % new files (CRM files with 1-3 segments); a change is a row"
+    " that crosses",
+    "max": "closed loop: write while fewer than `window` changes are on their way; landed"
+    " changes/s after the warm-up, by target commit time",
+    "catch_up": "client updates written while the worker is stopped (native: subscription"
+    " disabled); drain = restart → commit of the last change on the target",
+    "reference": "PostgreSQL logical replication between database ofisync_bench of each cluster"
+    " (publication + subscription, PostgreSQL's defaults), same load and measurement",
+    "cpu": "every process's user + system CPU time from /proc, sampled each second while the"
+    " scenario runs (catch-up: restart → drained), summed by engine (streams/machine_time.py);"
+    " percent_of_a_core = CPU s ÷ wall s × 100; cpu_us_per_change = CPU time ÷ changes landed"
+    " in the window (idle costs included)",
+}
+
+
+class Bench:
+    def __init__(self, settings: Settings, plan: Plan, ui: Ui) -> None:
+        from streams.stack.orchestrate import Stack
+
+        self.settings = settings
+        self.plan = plan
+        self.ui = ui
+        self.run_id = uuid.uuid4().hex[:6]
+        self.seqs = itertools.count(1)
+        self.stack = Stack(settings)
+        self.reference = Reference(settings)
+        self.routes: dict[str, dict[Side, Route]] = {}
+        self.values: Values | None = None
+
+    # setup ---------------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        started, load_before = time.time(), os.getloadavg()
+        status = await asyncio.to_thread(self.stack.status)
+        if not status["healthy"]:
+            down = [c["name"] for c in status["components"] + status["connectors"]
+                    if not c["healthy"]]  # fmt: skip
+            raise StackError(
+                f"the stack is not healthy ({', '.join(down)} down); run `ofisync up` first"
+            )
+        with self.ui.step("realistic values (demo generator) and the mapping in place"):
+            self.values = await asyncio.to_thread(Values.load, self.settings)
+        baseline = await self._check("ofisync", "before the run: ofisync verify")
+        ours = await self._bench_clients()
+        try:
+            with self.ui.step("native reference: databases, publications, subscriptions"):
+                rows = {side: self._client_rows(self.plan.pool, f"{TAG} new {self.run_id}")
+                        for side in Side}  # fmt: skip
+                ids = await asyncio.to_thread(self.reference.create, rows)
+            self.routes = self._routes(ours, ids)
+            scenarios = [await self.fixed(rate) for rate in self.plan.rates]
+            scenarios += [await self.max_rate(), await self.catch_up()]
+        finally:
+            with self.ui.step("native reference: drop"):
+                await asyncio.to_thread(self.reference.drop)
+        return document(
+            run=self.run_id,
+            plan=self.plan,
+            started=started,
+            versions=await asyncio.to_thread(versions, self.settings),
+            machine=machine()
+            | {"load_average_before": load_before, "load_average_after": os.getloadavg()},
+            baseline=baseline,
+            scenarios=scenarios,
+        )
+
+    def _client_rows(self, n: int, notes: str) -> list[tuple[Any, ...]]:
+        assert self.values is not None
+        pool = self.values.clients
+        return [(*pool[i % len(pool)][:12], notes) for i in range(n)]
+
+    def _linked_pairs(self) -> list[Pair]:
+        """The bench clients linked both ways: (OfiViaje id, CRM id)."""
+        with (
+            psycopg.connect(self.settings.erp.dsn, connect_timeout=5) as erp,
+            psycopg.connect(self.settings.crm.dsn, connect_timeout=5) as crm,
+        ):
+            here = {
+                (int(r[0]), int(r[1]))
+                for r in erp.execute(
+                    "SELECT id, crm_id FROM clientes WHERE observaciones LIKE 'bench %'"
+                    " AND sincronizar_crm AND crm_id IS NOT NULL"
+                )
+            }
+            there = {
+                (int(r[1]), int(r[0]))
+                for r in crm.execute(
+                    "SELECT id, erp_id FROM accounts WHERE notes LIKE 'bench %'"
+                    " AND erp_id IS NOT NULL"
+                )
+            }
+        return sorted(here & there)
+
+    def _create_clients(self, missing: int) -> None:
+        rows = self._client_rows(missing, f"{TAG} new {self.run_id}")
+        half = (missing + 1) // 2
+        for side, part in ((Side.ERP, rows[:half]), (Side.CRM, rows[half:])):
+            db = self.settings.erp if side is Side.ERP else self.settings.crm
+            columns = CLIENT_COLUMNS[side] + (("sincronizar_crm",) if side is Side.ERP else ())
+            extra = (True,) if side is Side.ERP else ()
+            with psycopg.connect(db.dsn, application_name="ofisync-bench") as conn:
+                names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                table = sql.Identifier(client_table(side))
+                with conn.cursor().copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN").format(table, names)
+                ) as copy:
+                    for row in part:
+                        copy.write_row((*row, *extra))
+
+    async def _bench_clients(self) -> dict[Side, tuple[Pair, ...]]:
+        """Bench clients, `pool` per direction: found from earlier runs, or created now (half on
+        each side) and linked by the sync itself."""
+        need = 2 * self.plan.pool
+        pairs = await asyncio.to_thread(self._linked_pairs)
+        missing = need - len(pairs)
+        if missing > 0:
+            title = f"{missing:,} new bench clients (both sides), linked by the sync"
+            with self.ui.step(title) as show:
+                await asyncio.to_thread(self._create_clients, missing)
+                timeout = 120 + missing / 20
+                deadline = time.monotonic() + timeout
+                while len(pairs) < need:
+                    show(f"{len(pairs):,} of {need:,} linked", len(pairs), need)
+                    if time.monotonic() > deadline:
+                        raise StackError(
+                            f"only {len(pairs):,} of {need:,} bench clients were linked within"
+                            f" {timeout:.0f} s; is the worker running (`ofisync status`)?"
+                            f" Its log: {self.settings.logs / 'worker.log'}"
+                        )
+                    await asyncio.sleep(0.5)
+                    pairs = await asyncio.to_thread(self._linked_pairs)
+        ordered = pairs[:need]
+        return {
+            Side.ERP: tuple(ordered[0::2]),
+            Side.CRM: tuple((crm, erp) for erp, crm in ordered[1::2]),
+        }
+
+    def _routes(
+        self, ours: Mapping[Side, tuple[Pair, ...]], native: Mapping[Side, Sequence[int]]
+    ) -> dict[str, dict[Side, Route]]:
+        s = self.settings
+        dsn = {Side.ERP: s.erp.dsn, Side.CRM: s.crm.dsn}
+        ref = self.reference
+        return {
+            "ofisync": {
+                side: Route("ofisync", side, dsn[side], dsn[side.other], OURS_LANDINGS[side],
+                            OURS_ARRIVED, ours[side])
+                for side in Side
+            },
+            "native": {
+                side: Route("native", side, ref.dsn(side), ref.dsn(side.other),
+                            NATIVE_LANDINGS[side], APPLIED, tuple((i, i) for i in native[side]))
+                for side in Side
+            },
+        }  # fmt: skip
+
+    def _machine_time(self) -> MachineTime:
+        return MachineTime(role_name(self.settings, Role.SINK))
+
+    def _lane(self, route: Route) -> Lane:
+        assert self.values is not None
+        return Lane(route, self.values, self.run_id, self.seqs)
+
+    # checks --------------------------------------------------------------------------------
+
+    async def _check(self, system: str, title: str | None = None) -> dict[str, Any]:
+        """ofisync: `verify` is clean; native: every published table equals its copy. Retried
+        for a few seconds: link-backs are written a moment after the target commits."""
+        from streams.ops.verify import verify
+
+        what = "ofisync verify" if system == "ofisync" else "native copies equal their sources"
+        started = time.monotonic()
+        clean, detail, attempt = False, "", 0
+        with self.ui.step(title or f"check: {what}") as show:
+            for attempt in range(1, VERIFY_ATTEMPTS + 1):
+                if system == "ofisync":
+                    report = await asyncio.to_thread(verify, self.settings)
+                    clean = report.clean
+                    pairs = ", ".join(f"{n:,} {e}" for e, n in report.pairs.items())
+                    first = [*report.differences, *report.one_sided][:3]
+                    detail = (
+                        f"compared {pairs} linked pairs"
+                        if clean
+                        else f"{len(report.differences)} difference(s),"
+                        f" {len(report.one_sided)} one-sided link(s); first: {first}"
+                    )
+                else:
+                    diffs = await asyncio.to_thread(self.reference.differences)
+                    clean, detail = not diffs, "; ".join(diffs) or "every copy equals its source"
+                if clean:
+                    break
+                show(f"attempt {attempt}: not clean yet")
+                await asyncio.sleep(1)
+        if not clean:
+            self.ui.note(f"✗ {what}: {detail}")
+        return {"clean": clean, "detail": detail, "attempts": attempt,
+                "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+
+    # shared loops --------------------------------------------------------------------------
+
+    async def _watch(self, lane: Lane, stop: asyncio.Event) -> None:
+        """Reads the target until the load stopped and every change landed, or nothing landed
+        for `stall_s` after the load stopped (what is still on its way then counts as lost)."""
+        landed_at = stopped_at = None
+        while True:
+            if await lane.poll():
+                landed_at = time.monotonic()
+            if stop.is_set():
+                if not lane.in_flight:
+                    return
+                stopped_at = stopped_at or time.monotonic()
+                if time.monotonic() - max(stopped_at, landed_at or 0.0) > self.plan.stall_s:
+                    self.ui.note(f"✗ {lane.in_flight:,} changes did not land ({lane.route.system})")
+                    return
+            await asyncio.sleep(POLL_S)
+
+    @staticmethod
+    def _progress(lanes: Sequence[Lane], started: float, seconds: float, show: Step) -> None:
+        elapsed = time.monotonic() - started
+        written = sum(lane.written for lane in lanes)
+        waiting = sum(lane.in_flight for lane in lanes)
+        phase = f"{min(elapsed, seconds):.0f}/{seconds:.0f} s" if elapsed < seconds else "draining"
+        show(f"{phase}: {written:,} written, {waiting:,} on their way", min(elapsed, seconds),
+             seconds)  # fmt: skip
+
+    def _lag_probe(self, route: Route) -> Callable[[], int]:
+        """How far behind a system is: the worker's consumer lag (messages), or the WAL the
+        subscriber has not confirmed (bytes)."""
+        if route.system == "ofisync":
+            return lambda: worker_lag(self.settings)
+        return lambda: self.reference.lag_bytes(route.source)
+
+    async def _sample(self, probe: Callable[[], int], into: list[int], stop: asyncio.Event) -> None:
+        from kafka.errors import KafkaError
+
+        while not stop.is_set():
+            with contextlib.suppress(KafkaError, psycopg.Error, OSError):
+                into.append(await asyncio.to_thread(probe))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+
+    # scenario 1 ----------------------------------------------------------------------------
+
+    async def fixed(self, rate: int) -> dict[str, Any]:
+        directions = [r.direction for r in self.routes["ofisync"].values()]
+        sc: dict[str, Any] = {
+            "key": f"fixed-{rate}", "kind": "fixed", "title": f"fixed {rate}/s each way",
+            "params": {"rate_per_direction": rate, "seconds": self.plan.fixed_s,
+                       "both_directions_at_once": True, "load": "mixed"},
+            "directions": directions, "ofisync": {}, "native": {}, "checks": {}, "ratio": {},
+            "cpu": {},
+        }  # fmt: skip
+        for system in SYSTEMS:
+            routes = list(self.routes[system].values())
+            since = (
+                await asyncio.to_thread(end_offsets, self.settings, self._stage_topics())
+                if system == "ofisync"
+                else {}
+            )
+            title = f"fixed {rate}/s each way, both at once: {system}"
+            with self._machine_time() as window, self.ui.step(title) as show:
+                lanes = await self._paced(routes, rate, show)
+            sc["cpu"][system] = window.result(sum(len(lane.landed) for lane in lanes))
+            for lane in lanes:
+                found = figures(lane, self.plan.fixed_s)
+                if system == "ofisync":
+                    spans = await asyncio.to_thread(stages, self.settings, lane, since)
+                    found["stages_ms"] = {k: stats(v) for k, v in spans.items()}
+                sc[system][lane.route.direction] = found
+            sc["checks"][system] = await self._check(system)
+        for d in directions:
+            ours, native = sc["ofisync"][d]["latency_ms"] or {}, sc["native"][d]["latency_ms"] or {}
+            sc["ratio"][d] = {q: ratio(ours.get(q), native.get(q)) for q in ("p50", "p95", "p99")}
+        return sc
+
+    def _stage_topics(self) -> list[str]:
+        from streams.core.topics import Topics
+
+        topics = Topics(self.settings.tenant)
+        return [
+            *(topics.capture(side, client_table(side)) for side in Side),
+            *(topics.commands(side) for side in Side),
+        ]
+
+    async def _paced(self, routes: Sequence[Route], rate: int, show: Step) -> list[Lane]:
+        seconds = self.plan.fixed_s
+        async with contextlib.AsyncExitStack() as opened:
+            lanes = [await opened.enter_async_context(self._lane(r).open()) for r in routes]
+            stop = asyncio.Event()
+            watchers = [asyncio.create_task(self._watch(lane, stop)) for lane in lanes]
+            started = time.monotonic()
+
+            async def pace(lane: Lane) -> None:
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+                while (elapsed := loop.time() - start) < seconds:
+                    owed = due(elapsed, rate, lane.written)
+                    if owed:
+                        await lane.write(min(owed, MAX_TX_CHANGES))
+                    self._progress(lanes, started, seconds, show)
+                    await asyncio.sleep(pause(loop.time() - start, rate, lane.written))
+
+            try:
+                await asyncio.gather(*(pace(lane) for lane in lanes))
+            except BaseException:
+                for w in watchers:
+                    w.cancel()
+                raise
+            finally:
+                stop.set()
+            while not all(w.done() for w in watchers):
+                self._progress(lanes, started, seconds, show)
+                await asyncio.sleep(0.25)
+            await asyncio.gather(*watchers)
+            for lane in lanes:
+                await lane.resolve()
+        return lanes
+
+    # scenario 2 ----------------------------------------------------------------------------
+
+    async def max_rate(self, side: Side = Side.ERP) -> dict[str, Any]:
+        plan = self.plan
+        direction = self.routes["ofisync"][side].direction
+        sc: dict[str, Any] = {
+            "key": "max", "kind": "max", "title": "max rate, one way",
+            "params": {"seconds": plan.max_s - plan.warmup_s, "warmup_s": plan.warmup_s,
+                       "window": plan.window, "load": "mixed"},
+            "directions": [direction], "ofisync": {}, "native": {}, "checks": {}, "ratio": {},
+            "cpu": {},
+        }  # fmt: skip
+        for system in SYSTEMS:
+            route = self.routes[system][side]
+            probe = self._lag_probe(route)
+            arrow = direction.replace("_to_", "→")
+            title = f"max rate, {arrow}, closed loop: {system}"
+            with self._machine_time() as window, self.ui.step(title) as show:
+                sc[system][direction] = await self._closed(route, probe, show)
+            sc["cpu"][system] = window.result(sc[system][direction]["landed"])
+            sc["checks"][system] = await self._check(system)
+        sc["ratio"][direction] = {
+            "landed_per_s": ratio(
+                sc["ofisync"][direction]["landed_per_s"], sc["native"][direction]["landed_per_s"]
+            )
+        }
+        return sc
+
+    async def _closed(self, route: Route, probe: Callable[[], int], show: Step) -> dict[str, Any]:
+        plan = self.plan
+        lags: list[int] = []
+        async with self._lane(route).open() as lane:
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(self._watch(lane, stop))
+            sampler = asyncio.create_task(self._sample(probe, lags, stop))
+            loop = asyncio.get_running_loop()
+            started_at, start = time.time(), loop.time()
+            blocked, most = 0.0, 0
+            try:
+                while (elapsed := loop.time() - start) < plan.max_s:
+                    room = plan.window - lane.in_flight
+                    written = await lane.write(min(room, MAX_TX_CHANGES)) if room > 0 else 0
+                    most = max(most, lane.in_flight)
+                    self._progress([lane], time.monotonic() - elapsed, plan.max_s, show)
+                    if written:
+                        await asyncio.sleep(0)
+                        continue
+                    lane.arrival.clear()
+                    waited = loop.time()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lane.arrival.wait(), POLL_S)
+                    blocked += loop.time() - waited
+                ended_at = time.time()
+            except BaseException:
+                watcher.cancel()
+                raise
+            finally:
+                stop.set()
+            await watcher
+            await sampler
+            await lane.resolve()
+        start_us, end_us = int((started_at + plan.warmup_s) * 1e6), int(ended_at * 1e6)
+        times = [c.target_us for c in lane.landed if c.target_us is not None]
+        return figures(lane, plan.max_s) | {
+            "landed_per_s": round(landed_rate(times, start_us, end_us), 1),
+            "per_second": per_second(times, start_us, end_us),
+            "max_in_flight": most,
+            "blocked_share": round(blocked / plan.max_s, 3),
+            # Rarely held back by the window: the load generator, not the system, was the limit.
+            "generator_bound": blocked / plan.max_s < 0.05,
+            "max_lag": max(lags, default=None),
+            "lag_unit": "messages (worker consumer lag)" if route.system == "ofisync"
+            else "bytes (WAL not confirmed by the subscriber)",
+        }  # fmt: skip
+
+    # scenario 3 ----------------------------------------------------------------------------
+
+    async def catch_up(self, side: Side = Side.ERP) -> dict[str, Any]:
+        n = self.plan.backlog
+        direction = self.routes["ofisync"][side].direction
+        sc: dict[str, Any] = {
+            "key": "catch-up", "kind": "catch-up", "title": f"catch-up {n:,}",
+            "params": {"backlog": n, "load": "client updates", "per_transaction": BACKLOG_TX},
+            "directions": [direction], "ofisync": {}, "native": {}, "checks": {}, "ratio": {},
+            "cpu": {},
+        }  # fmt: skip
+        if self.stack.worker.pid() is None:
+            sc["skipped"] = (
+                "the worker was not started by `ofisync up` on this stack, so the benchmark"
+                " cannot stop and restart it"
+            )
+            return sc
+        for system in SYSTEMS:
+            route = self.routes[system][side]
+            sc[system][direction], sc["cpu"][system] = await self._catch_up(route)
+            sc["checks"][system] = await self._check(system)
+        sc["ratio"][direction] = {
+            "drain_s": ratio(
+                sc["ofisync"][direction]["drain_s"], sc["native"][direction]["drain_s"]
+            )
+        }
+        return sc
+
+    async def _catch_up(self, route: Route) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The catch-up's figures, and the machine's time while it drained."""
+        from streams.core.topics import Topics
+
+        n, ours = self.plan.backlog, route.system == "ofisync"
+        topic = Topics(self.settings.tenant).capture(route.source, client_table(route.source))
+        out: dict[str, Any] = {"system": route.system, "written": n}
+        with self._machine_time() as drained:
+            async with self._lane(route).open() as lane:
+                pause_what = "stop the worker" if ours else "disable the subscription"
+                with self.ui.step(f"catch-up, {route.system}: {pause_what}"):
+                    if ours:
+                        await asyncio.to_thread(self.stack.worker.stop)
+                    else:
+                        await asyncio.to_thread(self.reference.set_enabled, route.source, False)
+                try:
+                    before = await asyncio.to_thread(end_offsets, self.settings, [topic])
+                    with self.ui.step(f"catch-up, {route.system}: {n:,} changes") as show:
+                        started = time.monotonic()
+                        last = await lane.write_backlog(n, lambda k: show(f"{k:,} of {n:,}", k, n))
+                        out["build_s"] = round(time.monotonic() - started, 1)
+                    if ours:
+                        out["capture_s"] = await self._captured(topic, before, n, started)
+                finally:
+                    resume_what = "restart the worker" if ours else "enable the subscription"
+                    drained.reset()  # the window: from the restart until drained
+                    with self.ui.step(f"catch-up, {route.system}: {resume_what}"):
+                        resumed = time.time()
+                        if ours:
+                            await asyncio.to_thread(self.stack.worker.start)
+                        else:
+                            await asyncio.to_thread(self.reference.set_enabled, route.source, True)
+                        ready = time.time()
+                found, latest = await self._drain(lane, last, route)
+        out |= {
+            "clients": len(last),
+            "clients_current": found,  # holding their last change on the target
+            "lost": len(last) - found,
+            "restart_s": round(ready - resumed, 1),
+            "drain_s": None if latest is None else round(latest / 1e6 - resumed, 1),
+            "drain_after_ready_s": None if latest is None else round(latest / 1e6 - ready, 1),
+        }
+        out["drain_per_s"] = round(n / out["drain_s"], 1) if out["drain_s"] else None
+        return out, drained.result(n)
+
+    async def _captured(self, topic: str, before: Mapping[Any, int], n: int, since: float) -> float:
+        """Waits until Debezium has put the whole backlog into Kafka; seconds since `since`."""
+        progress = Headway(self.plan.stall_s)
+        with self.ui.step("catch-up, ofisync: Debezium captures the backlog into Kafka") as show:
+            while True:
+                ends = await asyncio.to_thread(end_offsets, self.settings, [topic])
+                got = sum(ends.values()) - sum(before.values())
+                show(f"{got:,} of {n:,} in {topic}", got, n)
+                if got >= n:
+                    return round(time.monotonic() - since, 1)
+                if progress.stalled(got):
+                    raise StackError(
+                        f"Debezium put only {got:,} of {n:,} changes into {topic} and no more for"
+                        f" {self.plan.stall_s:.0f} s; check `ofisync status` and the Connect log"
+                        f" in {self.settings.logs}"
+                    )
+                await asyncio.sleep(0.5)
+
+    async def _drain(
+        self, lane: Lane, last: Mapping[int, str], route: Route
+    ) -> tuple[int, int | None]:
+        """Waits until every client holds its last change on the target: how many do, and the
+        arrival time of the latest (None if it stalled: neither more clients current nor less
+        lag for `stall_s`)."""
+        from kafka.errors import KafkaError
+
+        lag: int | None = None
+        current, behind = Headway(self.plan.stall_s), Headway(self.plan.stall_s)
+        unit = "messages" if route.system == "ofisync" else "bytes"
+        with self.ui.step(f"catch-up, {route.system}: drain") as show:
+            for i in itertools.count():
+                found, latest = await lane.landed_last(last)
+                if found == len(last):
+                    return found, latest
+                if i % 4 == 0:
+                    with contextlib.suppress(KafkaError, psycopg.Error, OSError):
+                        lag = await asyncio.to_thread(self._lag_probe(route))
+                if current.stalled(found) and behind.stalled(-(lag or 0)):
+                    self.ui.note(f"✗ {len(last) - found:,} clients lack their last change")
+                    return found, None
+                show(f"{found:,} of {len(last):,} clients current, lag {_n(lag)} {unit}", found,
+                     len(last))  # fmt: skip
+                await asyncio.sleep(0.5)
+        return 0, None  # unreachable: the loop returns
+
+
+class Headway:
+    """Whether a figure that should grow has not grown for `stall_s`."""
+
+    def __init__(self, stall_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_s = stall_s
+        self.clock = clock
+        self.best: float | None = None
+        self.since = clock()
+
+    def stalled(self, value: float) -> bool:
+        if self.best is None or value > self.best:
+            self.best, self.since = value, self.clock()
+        return self.clock() - self.since > self.stall_s
+
+
+def document(
+    run: str,
+    plan: Plan,
+    started: float,
+    versions: Mapping[str, str | None],
+    machine: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    scenarios: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The JSON document of a run: every figure, how they were measured, on what. `clean`: no
+    check failed and no change was lost."""
+    return {
+        "bench": "ofisync",
+        "run": run,
+        "mode": "quick" if plan.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "clean": bool(baseline["clean"]) and all(_clean(sc) for sc in scenarios),
+        "plan": asdict(plan),
+        "method": METHOD,
+        "versions": dict(versions),
+        "machine": dict(machine),
+        "baseline_check": dict(baseline),
+        "scenarios": list(scenarios),
+    }
+
+
+def _clean(scenario: Mapping[str, Any]) -> bool:
+    checks = all(c["clean"] for c in scenario["checks"].values())
+    lost = any(figures.get("lost") for system in SYSTEMS for figures in scenario[system].values())
+    return checks and not lost
+
+
+# --- versions, machine, entry ---------------------------------------------------------------
+
+
+def versions(settings: Settings) -> dict[str, str | None]:
+    from streams.stack.connect import ConnectError, http
+
+    out: dict[str, str | None] = {"kafka": None, "debezium": None}
+    with contextlib.suppress(ConnectError, KeyError, TypeError):
+        out["kafka"] = http("GET", f"{settings.connect_url}/")["version"]
+        plugins = http("GET", f"{settings.connect_url}/connector-plugins")
+        out["debezium"] = next(
+            (p["version"] for p in plugins if p["class"].endswith(".PostgresConnector")), None
+        )
+    for db in settings.databases:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(db.dsn, connect_timeout=5) as c:
+            row = c.execute("SHOW server_version").fetchone()
+            out[f"postgresql_{db.side}"] = None if row is None else str(row[0])
+    out["python"] = platform.python_version()
+    for package in ("faust-streaming", "aiokafka", "psycopg"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[package] = metadata.version(package)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    def first(path: str, prefix: str) -> str | None:
+        with contextlib.suppress(OSError), open(path) as f:
+            for line in f:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+        return None
+
+    memory = first("/proc/meminfo", "MemTotal")
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(memory.split()[0]) / 2**20, 1) if memory else None,
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "system": platform.platform(),
+    }
+
+
+@contextlib.contextmanager
+def _exclusive(settings: Settings) -> Iterator[None]:
+    settings.run.mkdir(parents=True, exist_ok=True)
+    with open(settings.run / "bench.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StackError(
+                "another `ofisync bench` is running on this stack; wait for it to finish"
+            ) from exc
+        yield
+
+
+def run_bench(settings: Settings, quick: bool, ui: Ui | None = None) -> dict[str, Any]:
+    """Runs every scenario on the running stack; the JSON document of the run."""
+    from kafka.errors import KafkaError
+
+    with _exclusive(settings):
+        try:
+            return asyncio.run(Bench(settings, QUICK if quick else FULL, ui or Ui()).run())
+        except psycopg.OperationalError as exc:
+            raise StackError(
+                f"a database stopped answering ({str(exc).strip().splitlines()[0]});"
+                " is the stack up (`ofisync status`)?"
+            ) from exc
+        except KafkaError as exc:
+            raise StackError(
+                f"Kafka at {settings.kafka} did not answer ({exc}); is the stack up"
+                " (`ofisync status`)?"
+            ) from exc
+
+
+def print_table(document: Mapping[str, Any], console: Console | None = None) -> None:
+    """The run as a table on stdout, with the versions, the machine and the verdict."""
+    from rich import box
+    from rich.table import Table
+
+    out = console or Console()
+    if not out.is_terminal:
+        out.width = max(out.width, 110)
+    v, m = document["versions"], document["machine"]
+    table = Table(
+        title=f"ofisync bench ({document['mode']}, run {document['run']},"
+        f" {document['seconds']:.0f} s)",
+        box=box.SIMPLE_HEAD,
+    )
+    for name in ("scenario", "direction", "figure", "ofisync", "native", "ratio", "verify"):
+        table.add_column(
+            name, justify="right" if name in ("ofisync", "native", "ratio") else "left"
+        )
+    for row in table_rows(document):
+        table.add_row(*row)
+    out.print(table)
+    out.print(
+        "ratio = ofisync ÷ native. Latency: source commit → target commit, per change."
+        " verify: `ofisync verify` clean and every native copy equal to its source."
+        " * the load generator, not the system, was the limit."
+    )
+    out.print(
+        f"Kafka {v.get('kafka')}, Debezium {v.get('debezium')}, PostgreSQL"
+        f" {v.get('postgresql_erp')}, Python {v.get('python')}, faust"
+        f" {v.get('faust-streaming')}; {m['cores']} cores, {m['memory_gib']} GiB;"
+        f" load average {m['load_average_before'][0]:.1f} → {m['load_average_after'][0]:.1f}"
+    )
+    header, rows = machine_rows(document)
+    if rows:
+        machine_table = Table(
+            title=f"where the machine's time went ({m['cores']} cores: {100 * m['cores']} % is"
+            " all of them busy)",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        for i, name in enumerate(header):
+            machine_table.add_column(name, justify="left" if i < 3 else "right", no_wrap=True)
+        for cells in rows:
+            machine_table.add_row(*cells)
+        out.print(machine_table)
+        out.print(
+            "CPU time of every process on the machine (/proc), by engine, while each scenario ran"
+            " (catch-up: from the restart until drained). %: the share of one core; µs: CPU time"
+            " per change landed. PG writes: the sessions that apply changes; PG reads:"
+            " the walsenders; PG rest: the bench's load and PostgreSQL's own processes; bench:"
+            " the load generator."
+        )
+    base = document["baseline_check"]
+    if not base["clean"]:
+        out.print(f"✗ verify was not clean before the run: {base['detail']}")
+    out.print(
+        "✓ every check clean, nothing lost"
+        if document["clean"]
+        else "✗ a check failed or changes were lost: see above, or --json"
+    )
