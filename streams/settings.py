@@ -101,6 +101,9 @@ class Settings:
     partitions: int = 4
     # Copies of every topic the stack creates: 1 on one machine, 3 on a production cluster.
     replication_factor: int = 1
+    # The PostgreSQL bin directory the local stack runs its clusters with (None: the pinned
+    # build, installed under `lib`); e.g. Debian's /usr/lib/postgresql/15/bin.
+    postgres_bin: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -137,6 +140,9 @@ class Settings:
             replication_factor=_positive(
                 e.get("OFISYNC_REPLICATION_FACTOR", "1"), "OFISYNC_REPLICATION_FACTOR"
             ),
+            postgres_bin=Path(e["OFISYNC_POSTGRES_BIN"]).resolve()
+            if e.get("OFISYNC_POSTGRES_BIN")
+            else None,
         )
 
     # Names derived from the tenant, so several agencies can share one Kafka cluster.

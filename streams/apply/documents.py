@@ -23,7 +23,8 @@ import psycopg
 from streams.apply.parking import Waiting
 from streams.apply.records import Applied, BatchResult
 from streams.apply.translate import Translator
-from streams.core.model import DOCUMENT, Command, to_db
+from streams.core.contract import DOCUMENT
+from streams.core.model import Command, to_db
 
 CHUNK = 1 << 20
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)

@@ -17,8 +17,9 @@ from psycopg import sql
 from streams.apply.records import BatchResult, assignments, ident, text
 from streams.apply.translate import Translator
 from streams.apply.unit_of_work import select_rows
+from streams.core.contract import ENTITIES
 from streams.core.mapping import Mapping
-from streams.core.model import ENTITIES, Canonical, Command, Entity, Side, canonical, to_db
+from streams.core.model import Canonical, Command, Entity, Side, canonical, to_db
 
 
 async def zero_placeholders(

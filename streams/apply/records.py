@@ -17,19 +17,9 @@ from streams.apply.parking import ParentKey, Waiting
 from streams.apply.translate import Translated, Translator
 from streams.apply.unit_of_work import CLOCKS, WorkingSet
 from streams.core.conflicts import Current, Incoming, Policy, decide
+from streams.core.contract import ENTITIES, FILE, SEGMENT
 from streams.core.mapping import Mapping as SyncMapping
-from streams.core.model import (
-    ENTITIES,
-    FILE,
-    SEGMENT,
-    Command,
-    CommandOp,
-    Entity,
-    Side,
-    Via,
-    canonical,
-    to_db,
-)
+from streams.core.model import Command, CommandOp, Entity, Side, Via, canonical, to_db
 
 
 @dataclass

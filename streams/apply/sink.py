@@ -35,16 +35,9 @@ from streams.apply.records import PERMANENT, Applied, BatchResult, Rows, ident
 from streams.apply.translate import Translator
 from streams.apply.unit_of_work import WorkingSet, json_rows, too_long
 from streams.core.conflicts import Policy
+from streams.core.contract import DOCUMENT, ENTITIES
 from streams.core.mapping import Mapping as SyncMapping
-from streams.core.model import (
-    DOCUMENT,
-    ENTITIES,
-    SELF_TARGETED,
-    SYNC_ORIGIN,
-    Command,
-    CommandOp,
-    Side,
-)
+from streams.core.model import SELF_TARGETED, SYNC_ORIGIN, Command, CommandOp, Side
 from streams.core.order import parents_first
 
 log = logging.getLogger("ofisync.sink")

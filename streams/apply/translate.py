@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 from streams.apply.parking import Waiting
 from streams.apply.unit_of_work import WorkingSet
+from streams.core.contract import ENTITIES
 from streams.core.mapping import Mapping
-from streams.core.model import ENTITIES, Canonical, Command, Entity, Field, Kind, Side, Via
+from streams.core.model import Canonical, Command, Entity, Field, Kind, Side, Via
 
 
 class Translated(NamedTuple):

@@ -26,7 +26,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from streams.core.model import ENTITIES, FILE, PNR_TABLE, Command, CommandOp, Entity, Side
+from streams.core.contract import ENTITIES, FILE, PNR_TABLE
+from streams.core.model import Command, CommandOp, Entity, Side
 
 # The column a loaded row carries besides its own: its field clocks, {column: commit µs}.
 CLOCKS = "ofisync_clocks"

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from streams.apply.parking import record_key
-from streams.core.model import ENTITIES, Command, CommandOp
+from streams.core.contract import ENTITIES
+from streams.core.model import Command, CommandOp
 
 # Entities that others refer to, parents before children (ENTITIES lists parents first).
 _PARENT_TIER = {

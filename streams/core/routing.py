@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from streams.core.contract import entity_for_table
 from streams.core.decode import DecodeError, Ignored, decode
-from streams.core.model import SELF_TARGETED, SYNC_ORIGIN, ChangeEvent, Command, entity_for_table
+from streams.core.model import SELF_TARGETED, SYNC_ORIGIN, ChangeEvent, Command
 from streams.core.rules import Invalid, Skip, pnr_capture, to_command
 
 

@@ -11,17 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.core.model import (
-    PNR_TABLE,
-    ChangeEvent,
-    Command,
-    CommandOp,
-    Entity,
-    FieldValue,
-    Op,
-    Side,
-    Via,
-)
+from streams.core.contract import PNR_TABLE
+from streams.core.model import ChangeEvent, Command, CommandOp, Entity, FieldValue, Op, Side, Via
 
 
 @dataclass(frozen=True)

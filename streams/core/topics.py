@@ -9,8 +9,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streams.core.contract import ENTITIES, PNR_TABLE
 from streams.core.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES
-from streams.core.model import ENTITIES, PNR_TABLE, Side
+from streams.core.model import Side
 from streams.settings import Settings
 
 # Every table each connector publishes (streams/db/sync_<side>.sql): their topics are created

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streams.core import codec
-from streams.core.model import ENTITIES, PNR_TABLE, Command, Side
+from streams.core.contract import ENTITIES, PNR_TABLE
+from streams.core.model import Command, Side
 from streams.core.routing import route
 from streams.core.topics import Topics
 from streams.settings import Settings

@@ -17,21 +17,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from streams.core.contract import CLIENT, DOCUMENT, FILE, SEGMENT
 from streams.core.mapping import Mapping as SyncMapping
 from streams.core.mapping import translate_word
-from streams.core.model import (
-    CLIENT,
-    DOCUMENT,
-    FILE,
-    SEGMENT,
-    Canonical,
-    ChangeEvent,
-    Entity,
-    Op,
-    Side,
-    Via,
-    canonical,
-)
+from streams.core.model import Canonical, ChangeEvent, Entity, Op, Side, Via, canonical
 from streams.settings import Settings
 
 Row = Mapping[str, Canonical]

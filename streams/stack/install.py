@@ -1,13 +1,18 @@
-"""Installs what the local stack runs on, once: Debian's PostgreSQL, and the Kafka, Connect and
-Debezium jars from Maven Central (versions pinned in deploy/pom.xml, cached in OFISYNC_HOME).
+"""Installs what the local stack runs on, once, from the registries this machine reaches: the
+Kafka, Connect and Debezium jars and PostgreSQL's server binaries (zonky's build of the upstream
+sources) from Maven Central, at the versions pinned in deploy/pom.xml, cached under OFISYNC_LIB;
+Debian's PostgreSQL where a server older than 16 is asked for (`OFISYNC_POSTGRES_BIN`).
 """
 
 from __future__ import annotations
 
-import glob
 import os
+import pwd
 import shutil
+import tarfile
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 from streams.settings import Settings
@@ -16,15 +21,18 @@ from streams.stack.procs import StackError, run
 REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "deploy" / "pom.xml"
 DEBEZIUM_DIR = "debezium-connector-postgres"
+POSTGRES_ARCHIVE = "postgres-linux-x86_64.txz"  # inside zonky's jar
+PG_USER = "postgres"
 
 
-def postgres_bin() -> Path | None:
-    """The newest installed PostgreSQL server's bin directory, if any."""
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-        key=lambda p: int(Path(p).parent.parent.name),
-    )
-    return Path(found[-1]).parent if found else None
+@cache
+def pinned(name: str) -> str:
+    """A version pinned in deploy/pom.xml's properties (`kafka`, `debezium`, `postgres`)."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    found = ET.parse(POM).getroot().find(f"m:properties/m:{name}.version", ns)
+    if found is None or not found.text:
+        raise StackError(f"deploy/pom.xml pins no {name}.version")
+    return found.text
 
 
 def apt_install(package: str, title: str, find: Callable[[], Path | None]) -> Path:
@@ -44,8 +52,58 @@ def apt_install(package: str, title: str, find: Callable[[], Path | None]) -> Pa
     return found
 
 
-def ensure_postgres() -> Path:
-    return apt_install("postgresql", "PostgreSQL", postgres_bin)
+def debian_postgres(major: int = 15) -> Path:
+    """The bin directory of Debian's PostgreSQL `major` (installed when missing)."""
+
+    def find() -> Path | None:
+        path = Path(f"/usr/lib/postgresql/{major}/bin")
+        return path if (path / "postgres").exists() else None
+
+    return apt_install(f"postgresql-{major}", f"PostgreSQL {major}", find)
+
+
+def ensure_os_user() -> None:
+    """PostgreSQL refuses to run as root: its clusters run as the `postgres` OS user."""
+    try:
+        pwd.getpwnam(PG_USER)
+        return
+    except KeyError:
+        pass
+    if os.geteuid() != 0:
+        raise StackError(f"there is no `{PG_USER}` OS user to run PostgreSQL; create it as root")
+    run(
+        ["useradd", "--system", "--user-group", "--home-dir", "/var/lib/postgresql",
+         "--shell", "/bin/bash", PG_USER],
+        f"creating the `{PG_USER}` OS user",
+    )  # fmt: skip
+
+
+def postgres_bin(settings: Settings) -> Path:
+    """The bin directory of the PostgreSQL the local stack runs: OFISYNC_POSTGRES_BIN when set,
+    else the pinned build, unpacked under OFISYNC_LIB (fetched first when missing)."""
+    if settings.postgres_bin is not None:
+        if not (settings.postgres_bin / "postgres").exists():
+            raise StackError(
+                f"OFISYNC_POSTGRES_BIN={settings.postgres_bin} holds no `postgres`; point it at"
+                " a PostgreSQL bin directory (e.g. /usr/lib/postgresql/15/bin)"
+            )
+        return settings.postgres_bin
+    home = settings.lib / f"postgresql-{pinned('postgres')}"
+    if not (home / "bin" / "postgres").exists():
+        archive = settings.lib / "postgres-archive" / POSTGRES_ARCHIVE
+        if not archive.exists():
+            _maven(settings)
+        partial = home.with_name(home.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(archive, "r:xz") as tar:
+            tar.extractall(partial, filter="data")
+        partial.rename(home)
+    return home / "bin"
+
+
+def ensure_postgres(settings: Settings) -> Path:
+    ensure_os_user()
+    return postgres_bin(settings)
 
 
 def jars_present(settings: Settings) -> bool:
@@ -61,10 +119,25 @@ def jars_present(settings: Settings) -> bool:
 def ensure_jars(settings: Settings) -> None:
     if jars_present(settings):
         return
+    _maven(settings)
+    if not jars_present(settings):
+        raise StackError(
+            f"Maven finished but jars are missing under {settings.lib}; see deploy/pom.xml"
+        )
+
+
+def _maven(settings: Settings) -> None:
     mvn = shutil.which("mvn")
     if not mvn:
         raise StackError("Maven (mvn) is not installed; install it (apt-get install maven)")
-    for partial in (settings.lib / "kafka", settings.lib / "connect-plugins"):
+    # Maven's markers of what it unpacked (in the pom's build directory) go too, or it would
+    # skip what is missing.
+    for partial in (
+        settings.lib / "kafka",
+        settings.lib / "connect-plugins",
+        settings.lib / "postgres-archive",
+        settings.lib.parent / "build",
+    ):
         shutil.rmtree(partial, ignore_errors=True)
     run(
         [
@@ -77,12 +150,9 @@ def ensure_jars(settings: Settings) -> None:
             f"-Dofisync.lib={settings.lib}",
             "package",
         ],
-        "Maven fetch of Kafka 4.3.1 and Debezium 3.6.1.Final (is Maven Central reachable?)",
+        f"Maven fetch of Kafka {pinned('kafka')}, Debezium {pinned('debezium')} and PostgreSQL"
+        f" {pinned('postgres')} (is Maven Central reachable?)",
     )
-    if not jars_present(settings):
-        raise StackError(
-            f"Maven finished but jars are missing under {settings.lib}; see deploy/pom.xml"
-        )
 
 
 def java() -> str:

@@ -113,10 +113,17 @@ class Stack:
         self.check_ports()
         started: list[Callable[[], bool]] = []
         try:
-            with progress.step("install PostgreSQL (Debian) if missing"):
-                install.ensure_postgres()
-            with progress.step("fetch Kafka 4.3.1 + Debezium 3.6.1.Final jars if missing"):
+            with progress.step(
+                f"fetch Kafka {install.pinned('kafka')} + Debezium {install.pinned('debezium')}"
+                " jars if missing"
+            ):
                 install.ensure_jars(s)
+            with progress.step(
+                f"PostgreSQL {install.pinned('postgres')} if missing"
+                if s.postgres_bin is None
+                else f"PostgreSQL in {s.postgres_bin}"
+            ):
+                install.ensure_postgres(s)
             for cluster in (self.erp, self.crm):
                 with progress.step(f"{cluster.db.title} PostgreSQL on {cluster.db.endpoint}"):
                     cluster.init()

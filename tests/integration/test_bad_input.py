@@ -12,7 +12,8 @@ from kafka import KafkaProducer
 from psycopg import sql
 
 from streams.core import codec
-from streams.core.model import CLIENT, Command, CommandOp, FieldValue, Side
+from streams.core.contract import CLIENT
+from streams.core.model import Command, CommandOp, FieldValue, Side
 from streams.core.topics import Topics
 from streams.ops.dlq import read_all
 from streams.stack.orchestrate import Stack

@@ -15,7 +15,8 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import OffsetSpec
 
-from streams.core.model import CLIENT, Side
+from streams.core.contract import CLIENT
+from streams.core.model import Side
 from streams.core.topics import Topics
 from streams.stack.orchestrate import Stack
 from tests.integration.helpers import (

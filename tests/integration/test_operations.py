@@ -24,6 +24,7 @@ from tests.integration.helpers import (
     new_erp_client,
     ofisync,
     one,
+    pg_client_tools,
     settled,
     tag,
     web_json,
@@ -104,7 +105,7 @@ def test_an_outage_of_the_crm_grows_lag_then_drains_to_a_clean_verify(
 
 
 def _pg_tool(stack: Stack, tool: str) -> str:
-    return str(stack.crm.bin / tool)
+    return str(pg_client_tools(stack.settings) / tool)
 
 
 CRM_TABLES = (

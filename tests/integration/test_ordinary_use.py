@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from streams.core.model import CLIENT
+from streams.core.contract import CLIENT
 from streams.stack.orchestrate import Stack
 from tests.integration.helpers import (
     crm_id_of,

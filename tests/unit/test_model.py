@@ -9,7 +9,8 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.core.model import ENTITIES, Kind, Side, canonical, to_db
+from streams.core.contract import ENTITIES
+from streams.core.model import Kind, Side, canonical, to_db
 from streams.settings import Settings
 
 

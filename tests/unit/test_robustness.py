@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.core.conflicts import Current, Incoming, Policy, decide
+from streams.core.contract import ENTITIES
 from streams.core.decode import DecodeError, Ignored
 from streams.core.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES, Mapping
-from streams.core.model import ENTITIES, ChangeEvent, Command, Op, Side, Via
+from streams.core.model import ChangeEvent, Command, Op, Side, Via
 from streams.core.routing import Echo, route
 from streams.core.rules import Invalid, Skip, to_command
 

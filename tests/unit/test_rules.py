@@ -7,18 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.core.model import (
-    CLIENT,
-    DOCUMENT,
-    FILE,
-    SEGMENT,
-    ChangeEvent,
-    Command,
-    CommandOp,
-    Op,
-    Side,
-    entity_for_table,
-)
+from streams.core.contract import CLIENT, DOCUMENT, FILE, SEGMENT, entity_for_table
+from streams.core.model import ChangeEvent, Command, CommandOp, Op, Side
 from streams.core.rules import Invalid, Skip, pnr_capture, to_command
 
 ERP_ROW = {f.erp: None for f in CLIENT.fields} | {

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from streams.core.contract import CLIENT, FILE
 from streams.core.mapping import Mapping
-from streams.core.model import CLIENT, FILE, Canonical, ChangeEvent, Op, Side
+from streams.core.model import Canonical, ChangeEvent, Op, Side
 from streams.ops.verify import Links, compare_pair
 
 

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.apply.unit_of_work import _json, row_columns, too_long
-from streams.core.model import CLIENT, FILE, SEGMENT, Kind, Side, to_db
+from streams.core.contract import CLIENT, FILE, SEGMENT
+from streams.core.model import Kind, Side, to_db
 
 
 @pytest.mark.parametrize(
