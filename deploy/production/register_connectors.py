@@ -28,9 +28,9 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from streams.core.topics import Topics, ensure_topics
 from streams.settings import Settings, SettingsError
 from streams.stack.connect import CONNECTORS_DIR, ConnectError, http, render_connector
-from streams.core.topics import Topics, ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECTORS = CONNECTORS_DIR
