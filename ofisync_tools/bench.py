@@ -63,6 +63,7 @@ from psycopg import sql
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ofisync_tools import bench_onboard
 from ofisync_tools.bench_load import (
     BACKLOG_TX,
     CLIENT_COLUMNS,
@@ -74,9 +75,11 @@ from ofisync_tools.bench_load import (
     Pair,
     Route,
     Values,
+    bookkeeping,
     client_table,
     end_offsets,
     stages,
+    table_writes,
     worker_lag,
 )
 from ofisync_tools.bench_native import APPLIED, Reference
@@ -88,6 +91,8 @@ from streams.settings import Settings
 from streams.stack.procs import StackError
 
 TICK_S = 0.01  # the paced load's shortest pause: a few changes share a transaction
+# PostgreSQL's sessions report their row counts when idle for 10 s (or every second while busy).
+STATS_SETTLE_S = 11.0
 MAX_PAUSE_S = 0.1
 POLL_S = 0.2  # how often the target is read for the changes on their way
 MAX_TX_CHANGES = 50  # the most changes one transaction of the closed loop writes
@@ -250,6 +255,9 @@ def table_rows(document: Mapping[str, Any]) -> list[tuple[str, str, str, str, st
                             _x(r.get("drain_s")), ""))  # fmt: skip
                 out.append(("changes/s", _n(ours["drain_per_s"]), _n(native.get("drain_per_s")),
                             "", ""))  # fmt: skip
+                wo, wn = ours.get("rows_written") or {}, native.get("rows_written") or {}
+                out.append(("other rows/change", _n(wo.get("other_rows_per_change"), 2),
+                            _n(wn.get("other_rows_per_change"), 2), "", ""))  # fmt: skip
             for i, (figure, a, b, c, _) in enumerate(out):
                 rows.append((sc["title"] if first else "", arrow if i == 0 else "", figure, a, b,
                              c, _verified(sc["checks"]) if first else ""))  # fmt: skip
@@ -416,6 +424,10 @@ class Bench:
         finally:
             with self.ui.step("native reference: drop"):
                 await asyncio.to_thread(self.reference.drop)
+        with self.ui.step("onboarding: `ofisync onboard` over scratch databases") as show:
+            onboarding = await asyncio.to_thread(
+                bench_onboard.run, self.settings, self.plan.quick, lambda t: show(t)
+            )
         return document(
             run=self.run_id,
             plan=self.plan,
@@ -425,6 +437,7 @@ class Bench:
             | {"load_average_before": load_before, "load_average_after": os.getloadavg()},
             baseline=baseline,
             scenarios=scenarios,
+            onboarding=onboarding,
         )
 
     def _client_rows(self, n: int, notes: str) -> list[tuple[Any, ...]]:
@@ -640,10 +653,7 @@ class Bench:
         from streams.core.topics import Topics
 
         topics = Topics(self.settings.tenant)
-        return [
-            *(topics.capture(side, client_table(side)) for side in Side),
-            *(topics.commands(side) for side in Side),
-        ]
+        return [topics.capture(side, client_table(side)) for side in Side]
 
     async def _paced(self, routes: Sequence[Route], rate: int, show: Step) -> list[Lane]:
         seconds = self.plan.fixed_s
@@ -808,6 +818,7 @@ class Bench:
                 finally:
                     resume_what = "restart the worker" if ours else "enable the subscription"
                     drained.reset()  # the window: from the restart until drained
+                    writes = await asyncio.to_thread(table_writes, self.settings)
                     with self.ui.step(f"catch-up, {route.system}: {resume_what}"):
                         resumed = time.time()
                         if ours:
@@ -816,6 +827,10 @@ class Bench:
                             await asyncio.to_thread(self.reference.set_enabled, route.source, True)
                         ready = time.time()
                 found, latest = await self._drain(lane, last, route)
+        with self.ui.step(f"catch-up, {route.system}: the rows it wrote (statistics settle)"):
+            await asyncio.sleep(STATS_SETTLE_S)
+            after = await asyncio.to_thread(table_writes, self.settings)
+        out["rows_written"] = bookkeeping(writes, after, route.source.other, n)
         out |= {
             "clients": len(last),
             "clients_current": found,  # holding their last change on the target
@@ -896,6 +911,7 @@ def document(
     machine: Mapping[str, Any],
     baseline: Mapping[str, Any],
     scenarios: Sequence[Mapping[str, Any]],
+    onboarding: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON document of a run: every figure, how they were measured, on what. `clean`: no
     check failed and no change was lost."""
@@ -905,13 +921,16 @@ def document(
         "mode": "quick" if plan.quick else "full",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
-        "clean": bool(baseline["clean"]) and all(_clean(sc) for sc in scenarios),
+        "clean": bool(baseline["clean"])
+        and all(_clean(sc) for sc in scenarios)
+        and (onboarding is None or bool(onboarding["clean"])),
         "plan": asdict(plan),
         "method": METHOD,
         "versions": dict(versions),
         "machine": dict(machine),
         "baseline_check": dict(baseline),
         "scenarios": list(scenarios),
+        "onboarding": None if onboarding is None else dict(onboarding),
     }
 
 
@@ -1046,6 +1065,14 @@ def print_table(document: Mapping[str, Any], console: Console | None = None) -> 
             " per change landed. PG writes: the sessions that apply changes; PG reads:"
             " the walsenders; PG rest: the bench's load and PostgreSQL's own processes; bench:"
             " the load generator."
+        )
+    boarding = document.get("onboarding")
+    if boarding:
+        out.print(
+            f"onboard: {boarding['clients_per_side']:,} clients and"
+            f" {boarding['files_per_side']:,} files a side, {boarding['done']['linked']:,} pairs"
+            f" linked in {boarding['link_s']:.1f} s ({_n(boarding['linked_per_s'])}/s; survey"
+            f" {boarding['survey_s']:.1f} s){'' if boarding['clean'] else ' ✗ not all linked'}"
         )
     base = document["baseline_check"]
     if not base["clean"]:

@@ -11,8 +11,8 @@ read afterwards with `pg_xact_commit_timestamp`, and the arrival time of the tar
 landed, so no version is overwritten before it is seen.
 
 The stage breakdown (`stages`) follows the same client updates through Kafka: when Debezium
-read each (its envelope's ts_us), when Connect produced it, when the worker produced the
-command, and when the target committed.
+read each (its envelope's ts_us), when Connect produced it, and when the worker's write of it
+committed on the target.
 """
 
 from __future__ import annotations
@@ -485,44 +485,72 @@ def client_table(side: Side) -> str:
 def stages(settings: Settings, lane: Lane, since: Mapping[Any, int]) -> dict[str, list[float]]:
     """Where the time of a lane's client updates went, in ms per change and stage: source
     commit → read by Debezium (its envelope's ts_us) → produced to Kafka by Connect (record
-    time) → command produced by the worker (record time) → target commit. `since`: the topics'
-    end offsets before the load."""
-    from streams.core import codec
+    time) → applied by the worker (target commit). `since`: the topics' end offsets before the
+    load."""
     from streams.core.topics import Topics
 
-    topics = Topics(settings.tenant)
-    source, target = lane.route.source, lane.route.source.other
-    capture, command = topics.capture(source, client_table(source)), topics.commands(target)
+    source = lane.route.source
+    capture = Topics(settings.tenant).capture(source, client_table(source))
     changes = {c.tag: c for c in lane.landed if c.tag and c.source_us and c.target_us}
     read: dict[str, float] = {}
     produced: dict[str, float] = {}
-    commanded: dict[str, float] = {}
-    ours = {tp: offset for tp, offset in since.items() if tp.topic in (capture, command)}
+    ours = {tp: offset for tp, offset in since.items() if tp.topic == capture}
     for record in _records(settings, ours):
         try:
-            if record.topic == capture:
-                envelope = json.loads(record.value)
-                t = tag_of((envelope.get("after") or {}).get(notes_column(source)))
-                if t in changes and t not in read:
-                    read[t] = envelope["ts_us"] / 1000
-                    produced[t] = float(record.timestamp)
-            else:
-                for cmd in codec.decode_all(record.value):
-                    value = cmd.value(notes_column(target))
-                    if value is None or cmd.source is not source:
-                        continue
-                    t = tag_of(str(value.after))
-                    if t in changes and t not in commanded:
-                        commanded[t] = float(record.timestamp)
-        except (ValueError, KeyError, TypeError, codec.CodecError):
+            envelope = json.loads(record.value)
+            t = tag_of((envelope.get("after") or {}).get(notes_column(source)))
+        except (ValueError, TypeError, AttributeError):
             continue  # not a bench change
-    spans: dict[str, list[float]] = {
-        "debezium_read": [], "connect_produced": [], "worker_command": [], "sink_commit": []
-    }  # fmt: skip
+        if t in changes and t not in read:
+            read[t] = envelope["ts_us"] / 1000
+            produced[t] = float(record.timestamp)
+    spans: dict[str, list[float]] = {"debezium_read": [], "connect_produced": [], "applied": []}
     for t, c in changes.items():
-        if t in read and t in commanded and c.source_us is not None and c.target_us is not None:
+        if t in read and c.source_us is not None and c.target_us is not None:
             spans["debezium_read"].append(read[t] - c.source_us / 1000)
             spans["connect_produced"].append(produced[t] - read[t])
-            spans["worker_command"].append(commanded[t] - produced[t])
-            spans["sink_commit"].append(c.target_us / 1000 - commanded[t])
+            spans["applied"].append(c.target_us / 1000 - produced[t])
     return spans
+
+
+def table_writes(settings: Settings) -> dict[str, dict[str, int]]:
+    """Rows written so far to every table of both databases (inserted, updated, deleted), by
+    side and `schema.table` (PostgreSQL's cumulative statistics; the heartbeat left out)."""
+    found: dict[str, dict[str, int]] = {}
+    for db in settings.databases:
+        with psycopg.connect(db.dsn, connect_timeout=5) as conn:
+            found[db.side] = {
+                f"{schema}.{table}": int(n)
+                for schema, table, n in conn.execute(
+                    "SELECT schemaname, relname, n_tup_ins + n_tup_upd + n_tup_del"
+                    " FROM pg_stat_user_tables WHERE relname <> 'heartbeat'"
+                )
+            }
+    return found
+
+
+def bookkeeping(
+    before: Mapping[str, Mapping[str, int]],
+    after: Mapping[str, Mapping[str, int]],
+    target: Side,
+    changes: int,
+) -> dict[str, float]:
+    """Rows written per change applied while the sync applied `changes` to `target` and nothing
+    else wrote: to the application's tables of the target (the rows themselves; several changes
+    of one row in one batch are one write), and besides them (the sync's own tables on both
+    sides, and the source's rows: link-backs)."""
+
+    def delta(side: str, keep: Callable[[str], bool]) -> int:
+        return sum(n - before[side].get(t, 0) for t, n in after[side].items() if keep(t))
+
+    def public(table: str) -> bool:
+        return table.startswith("public.")
+
+    rows = delta(target.value, public)
+    besides = delta(target.other.value, public) + sum(
+        delta(side.value, lambda t: not public(t)) for side in Side
+    )
+    return {
+        "target_rows_per_change": round(rows / changes, 3) if changes else 0.0,
+        "other_rows_per_change": round(besides / changes, 3) if changes else 0.0,
+    }

@@ -253,6 +253,46 @@ def run_scenario(
     )
 
 
+HISTORY = "random-history"
+
+
+def run_history_scenario(
+    stack: Stack, steps: int, seed: int, say: Callable[[str], None]
+) -> Outcome:
+    """The randomized two-sided history (ofisync_tools/history.py) as a fault scenario: a record
+    there twice counts as duplicated, every other broken promise as lost."""
+    from ofisync_tools.history import run_history
+
+    def kill_worker() -> None:
+        _kill_worker(stack, {})
+        while stack.worker.pid() is not None:  # SIGKILL takes a moment
+            time.sleep(0.1)
+        _up(stack)
+
+    def wait(what: str) -> None:
+        started = time.monotonic()
+        while not _caught_up(stack.settings) and time.monotonic() - started < 300:
+            time.sleep(1)
+        say(f"{HISTORY}: {what}")
+
+    started = time.monotonic()
+    found = run_history(stack.settings, seed, steps, kill_worker, wait, say)
+    twice = [p for p in found.problems if " times" in p]
+    verify_problems = [p for p in found.problems if p.startswith("verify")]
+    new = {side: found.counts[f"new_{side}"] for side in ("erp", "crm")}
+    return Outcome(
+        HISTORY,
+        new,
+        {side: found.counts[f"edits_{side}"] for side in ("erp", "crm")},
+        new,
+        len(twice),
+        len(found.problems) - len(twice) - len(verify_problems),
+        round(time.monotonic() - started, 1),
+        not verify_problems,
+        "; ".join(found.problems[:3]),
+    )
+
+
 def _caught_up(settings: Settings) -> bool:
     from streams.ops.lag import consumer_lag
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from streams.settings import Settings, SettingsError
@@ -128,6 +129,8 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
             f"✗ {o.entity} linked on the {o.side} side only:"
             f" {o.side} {o.id} → {o.link}: {o.problem}"
         )
+    if report.paused:
+        print(f"‖ {len(report.paused)} linked pair(s) paused (unchecked in OfiViaje): not compared")
     if report.clean:
         print("✓ no difference")
     else:
@@ -138,6 +141,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
+    from streams.core.topics import Topics
     from streams.ops import dlq
 
     try:
@@ -147,7 +151,7 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "show":
             found = [d for d in letters if d.id == args.id]
             if not found:
-                raise StackError(f"no dead letter {args.id!r}; `ofisync dlq list` shows the ids")
+                raise StackError(_no_letter(args.id))
             detail = found[0].summary() | {"original": found[0].original()}
             print(json.dumps(detail, indent=2, ensure_ascii=False, default=str))
             return OK
@@ -157,9 +161,12 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
             else [d for d in letters if d.id == args.id]
         )
         if not args.all and not chosen:
-            raise StackError(f"no dead letter {args.id!r}; `ofisync dlq list` shows the ids")
+            raise StackError(_no_letter(args.id))
+        topics = Topics(settings.tenant)
         sent = dlq.retry(
-            settings, chosen, lambda d: print(f"↻ {d.id} sent back to {d.topic}", flush=True)
+            settings,
+            chosen,
+            lambda d: print(f"↻ {d.id} sent back to {d.destination(topics)}", flush=True),
         )
         print(f"{sent} dead letter(s) sent back; any that fail again reappear in `dlq list`")
         return OK
@@ -167,6 +174,13 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
         raise StackError(
             f"Kafka at {settings.kafka} did not answer ({exc}); is the stack up (`ofisync up`)?"
         ) from exc
+
+
+def _no_letter(wanted: str) -> str:
+    return (
+        f"no dead letter {wanted!r}: a dead letter's id is partition:offset in the dead-letter"
+        " topic (like 0:12), as `ofisync dlq list` shows them"
+    )
 
 
 def _dlq_list(letters: list[Any], as_json: bool) -> int:
@@ -203,14 +217,16 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streams.ops.replay import ReplayError, replay
 
     since = _since_ms(args.since)
+    sources = [Side(args.source)] if args.source else list(Side)
+    what = " and ".join(s.value for s in sources)
     try:
         with Progress(transient=False) as bar:
-            task = bar.add_task(f"replaying {args.source} changes", total=None)
+            task = bar.add_task(f"replaying {what} changes", total=None)
 
             def show(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            outcomes = replay(settings, Side(args.source), since, args.entity, show)
+            outcomes = replay(settings, sources, since, args.entity, show)
     except ReplayError as exc:
         raise StackError(str(exc)) from exc
     except KafkaError as exc:
@@ -218,7 +234,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
             f"Kafka at {settings.kafka} did not answer ({exc}); is the stack up (`ofisync up`)?"
         ) from exc
     summary = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())) or "nothing"
-    print(f"replayed {args.source} since {args.since}: {summary}")
+    print(f"replayed {what} since {args.since}: {summary}")
     print("the worker applies them now; `ofisync lag` shows when it has caught up")
     return OK
 
@@ -267,7 +283,8 @@ def cmd_faults(settings: Settings, args: argparse.Namespace) -> int:
         )
         if not args.only or s.name in args.only
     ]
-    if not chosen:
+    history = not args.only or faults.HISTORY in args.only
+    if not chosen and not history:
         raise StackError(f"no scenario named {args.only}; see `ofisync faults --help`")
     outcomes = [
         faults.run_scenario(
@@ -279,11 +296,75 @@ def cmd_faults(settings: Settings, args: argparse.Namespace) -> int:
         )
         for scenario in chosen
     ]
+    if history:
+        outcomes.append(
+            faults.run_history_scenario(
+                stack,
+                steps=150 if args.quick else 2000,
+                seed=args.seed,
+                say=lambda text: print(f"… {text}", file=sys.stderr, flush=True),
+            )
+        )
     if args.json:
         print(json.dumps(faults.as_json(outcomes), indent=2))
     else:
         print(faults.table(outcomes))
     return OK if all(o.ok for o in outcomes) else PROBLEM
+
+
+ONBOARD_LABELS = {
+    "create_in_crm": "to create in the CRM",
+    "create_in_erp": "to create in OfiViaje",
+    "ambiguous": "ambiguous (a person picks)",
+    "stay_unchecked": "stay in OfiViaje (not checked)",
+    "clients_differ": "same number, other clients (left apart)",
+}
+
+
+def cmd_onboard(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+    from rich.progress import Progress
+
+    from streams.ops import onboard
+
+    try:
+        with (
+            psycopg.connect(settings.erp.dsn, connect_timeout=10) as erp,
+            psycopg.connect(settings.crm.dsn, connect_timeout=10) as crm,
+        ):
+            found = onboard.survey(erp, crm)
+        done: dict[str, int] = {}
+        if not args.dry_run:
+            with Progress(transient=False) as bar:
+                tasks: dict[str, Any] = {}
+
+                def show(what: str, n: int, total: int) -> None:
+                    if what not in tasks:
+                        tasks[what] = bar.add_task(f"linking {what}", total=total)
+                    bar.update(tasks[what], completed=n, total=total)
+
+                done = onboard.onboard(settings, show)
+    except psycopg.OperationalError as exc:
+        raise StackError(
+            f"a database did not answer ({str(exc).strip().splitlines()[0]});"
+            " is the stack up (`ofisync up`)?"
+        ) from exc
+    if args.csv:
+        Path(args.csv).write_text(onboard.csv_text(found))
+    document = found.as_json() | ({"done": done} if done else {})
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return OK
+    verb = "would link" if args.dry_run else "linked"
+    for key, n in document["counts"].items():
+        entity, what = key.split(" ", 1)
+        label = ONBOARD_LABELS.get(what, verb)
+        print(f"{entity:<8} {label:<42} {n:>8,}")
+    if done:
+        print(", ".join(f"{n:,} {what}" for what, n in done.items()))
+    if args.csv:
+        print(f"every record: {args.csv}")
+    return OK
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -305,6 +386,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "faults": cmd_faults,
     "bench": cmd_bench,
     "worker": cmd_worker,
+    "onboard": cmd_onboard,
 }
 
 
@@ -335,7 +417,11 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("id", nargs="?", help="the id `dlq list` shows")
     which.add_argument("--all", action="store_true", help="every dead letter not retried yet")
     rp = sub.add_parser("replay", help="re-read captured changes since a time and apply again")
-    rp.add_argument("--source", required=True, choices=["erp", "crm"])
+    rp.add_argument(
+        "--source",
+        choices=["erp", "crm"],
+        help="only the changes captured on this side (default: both; after a restore, both)",
+    )
     rp.add_argument(
         "--since", required=True, help="ISO time, e.g. 2026-11-27T10:30:00Z (no zone: local)"
     )
@@ -359,8 +445,19 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="SCENARIO",
         help="worker-sigkill broker-restart connect-restart erp-db-down crm-db-down"
-        " crm-long-transaction two-workers-kill-one",
+        " crm-long-transaction two-workers-kill-one random-history",
     )
+    fl.add_argument(
+        "--seed", type=int, default=28, help="the random history's seed (it is reproducible)"
+    )
+    ob = sub.add_parser(
+        "onboard", help="link the records both sides already hold (first activation); resumable"
+    )
+    ob.add_argument(
+        "--dry-run", action="store_true", help="report what it would do; change nothing"
+    )
+    ob.add_argument("--json", action="store_true", help="one JSON document with every record")
+    ob.add_argument("--csv", metavar="FILE", help="write every record and what becomes of it")
     sub.add_parser("worker", help="run the sync worker in the foreground")
     return p
 

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from streams.core.conflicts import Policy
+
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the variable to fix."""
@@ -77,6 +79,14 @@ def _positive(value: str, variable: str) -> int:
     return int(value)
 
 
+def _policy(value: str) -> Policy:
+    try:
+        return Policy(value)
+    except ValueError:
+        choices = ", ".join(p.value for p in Policy)
+        raise SettingsError(f"OFISYNC_CONFLICT_POLICY={value!r}: use one of {choices}") from None
+
+
 def _endpoint(value: str, variable: str) -> Endpoint:
     raw = value if "://" in value else f"tcp://{value}"
     parts = urlsplit(raw)
@@ -104,6 +114,10 @@ class Settings:
     # The PostgreSQL bin directory the local stack runs its clusters with (None: the pinned
     # build, installed under `lib`); e.g. Debian's /usr/lib/postgresql/15/bin.
     postgres_bin: Path | None = None
+    # Which value wins when both sides changed a field (streams/core/conflicts.py).
+    conflict_policy: Policy = Policy.LATER_WINS
+    # This worker process among several (its own state directory).
+    worker_name: str = "worker1"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -143,6 +157,8 @@ class Settings:
             postgres_bin=Path(e["OFISYNC_POSTGRES_BIN"]).resolve()
             if e.get("OFISYNC_POSTGRES_BIN")
             else None,
+            conflict_policy=_policy(e.get("OFISYNC_CONFLICT_POLICY", Policy.LATER_WINS.value)),
+            worker_name=e.get("OFISYNC_WORKER_NAME", "worker1"),
         )
 
     # Names derived from the tenant, so several agencies can share one Kafka cluster.

@@ -1,11 +1,12 @@
 """Production set-up of Kafka and Kafka Connect, run by the `register` service of compose.yaml on
 every `docker compose up` (and by hand: `docker compose run --rm register`). Idempotent.
 
-1. Creates the tenant's topics exactly as the local stack does (streams.topics.ensure_topics:
+1. Creates the tenant's topics exactly as the local stack does (streams.stack.topics.ensure_topics:
    the same names, compaction, OFISYNC_PARTITIONS partitions and OFISYNC_REPLICATION_FACTOR
    copies — 3 in compose.yaml), and refuses to go on if one exists with fewer copies.
 2. Renders connectors/erp.json and connectors/crm.json with the very function `ofisync up` uses
-   (streams.stack.connect.render_connector) and PUTs each config to Kafka Connect.
+   (streams.stack.connect.render_connector, for each server's version: on PostgreSQL 16+ the
+   sync's own writes are filtered out by the server) and PUTs each config to Kafka Connect.
 
 Values come from the variables the worker reads (streams/settings.py); Debezium logs in as the
 capture role `<tenant>_capture` (streams/secrets.py). Passwords stay `${env:...}` placeholders,
@@ -28,9 +29,17 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from streams.core.topics import Topics, ensure_topics
+from streams.core.topics import Topics
+from streams.secrets import Role, login_dsn
 from streams.settings import Settings, SettingsError
-from streams.stack.connect import CONNECTORS_DIR, ConnectError, http, render_connector
+from streams.stack.connect import (
+    CONNECTORS_DIR,
+    ConnectError,
+    http,
+    render_connector,
+    server_version,
+)
+from streams.stack.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECTORS = CONNECTORS_DIR
@@ -96,7 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        specs = [render_connector(settings, side) for side in SIDES]
+        # The server's version decides the connector's options; read as the sink role, whose
+        # password is among the job's secrets.
+        specs = [
+            render_connector(
+                settings, db.side, server_version(db, login_dsn(settings, db, Role.SINK))
+            )
+            for db in settings.databases
+        ]
     except (SettingsError, ConnectError) as exc:
         print(f"register: {exc}", file=sys.stderr)
         return 2

@@ -4,8 +4,8 @@ The content never travels through Kafka (capture leaves it out): the uploader re
 OfiViaje when the command applies, in 1 MiB slices of one consistent snapshot, and streams it
 into the CRM with a binary COPY, so memory stays flat whatever the size. The bytes that arrived
 are checked against OfiViaje's own SHA-256 before the CRM transaction commits. A document
-already uploaded is replaced in place (one copy, same id); the applied position keeps a replay
-from uploading twice.
+already uploaded is replaced in place (one copy, same id); the position the CRM copy keeps stops a
+redelivered change from uploading twice.
 
 What the user sees is written back to `documentos` (as the sync, so it does not echo): `O` and
 `crm_documento_id` once uploaded; otherwise `error_sync`, in Spanish words, while it waits for
@@ -21,7 +21,8 @@ from typing import Any
 import psycopg
 
 from streams.apply.parking import Waiting
-from streams.apply.records import Applied, BatchResult
+from streams.apply.records import Duplicate
+from streams.apply.results import Applied, BatchResult
 from streams.apply.translate import Translator
 from streams.core.contract import DOCUMENT
 from streams.core.model import Command, to_db
@@ -50,8 +51,14 @@ async def upload(
     translator: Translator,
     cmd: Command,
     result: BatchResult,
-) -> Applied | Waiting | None:
+) -> Applied | Waiting | Duplicate | None:
     document = int(cmd.source_key)
+    existing = await _existing(crm, cmd)
+    if existing is not None and (cmd.replay or (existing[1] or -1) >= cmd.lsn):
+        # Uploaded already: a redelivery uploads nothing twice, and a replay only what a
+        # restored CRM lost.
+        result.duplicates += 1
+        return Duplicate({"id": existing[0]})
     values = await translator.command_values(DOCUMENT, cmd, only_changed=False)
     if isinstance(values, Waiting):
         result.document_notes.append((document, WAITING_FOR_FILE))
@@ -59,7 +66,7 @@ async def upload(
     columns = {v.column: to_db(v.kind, v.after) for v in values}
     try:
         async with crm.transaction():  # a savepoint: a refusal undoes this upload only
-            stored = await _store(crm, erp, cmd, columns)
+            stored = await _store(crm, erp, cmd, columns, existing and existing[0])
     except psycopg.OperationalError:
         raise  # unreachable, not refused: the whole batch waits and retries
     except psycopg.Error as exc:  # a constraint, a trigger, a quota: the CRM said no
@@ -77,6 +84,7 @@ async def _store(
     erp: psycopg.AsyncConnection[Any],
     cmd: Command,
     columns: dict[str, Any],
+    existing: int | None,
 ) -> int | None:
     document = int(cmd.source_key)
     await crm.execute(
@@ -108,24 +116,24 @@ async def _store(
                 assert piece is not None
                 await copy.write(piece[0])
             await copy.write(COPY_TRAILER)
-    existing = await _existing(crm, cmd)
     assignments = ", ".join(f"{c} = %s" for c in columns)
     if existing is not None:
         cur = await crm.execute(
             f"UPDATE documents SET {assignments}, content = u.content, uploaded_at = now(),"
-            " erp_document_id = %s, ofisync_deleted_at = NULL FROM ofisync_upload u"
+            " erp_document_id = %s, ofisync_deleted_at = NULL,"
+            " ofisync_applied_lsn = greatest(ofisync_applied_lsn, %s) FROM ofisync_upload u"
             " WHERE documents.id = %s RETURNING documents.id,"
             " encode(sha256(documents.content), 'hex')",
-            [*columns.values(), document, existing],
+            [*columns.values(), document, cmd.lsn, existing],
         )
     else:
         names = ", ".join(columns)
         marks = ", ".join(["%s"] * len(columns))
         cur = await crm.execute(
-            f"INSERT INTO documents ({names}, erp_document_id, content)"
-            f" SELECT {marks}, %s, u.content FROM ofisync_upload u"
+            f"INSERT INTO documents ({names}, erp_document_id, ofisync_applied_lsn, content)"
+            f" SELECT {marks}, %s, %s, u.content FROM ofisync_upload u"
             " RETURNING id, encode(sha256(content), 'hex')",
-            [*columns.values(), document],
+            [*columns.values(), document, cmd.lsn],
         )
     stored = await cur.fetchone()
     assert stored is not None
@@ -136,10 +144,13 @@ async def _store(
     return int(stored[0])
 
 
-async def _existing(crm: psycopg.AsyncConnection[Any], cmd: Command) -> int | None:
-    """The CRM copy of this document, if it was uploaded before (by link or back-reference)."""
+async def _existing(
+    crm: psycopg.AsyncConnection[Any], cmd: Command
+) -> tuple[int, int | None] | None:
+    """The CRM copy of this document, if it was uploaded before (by link or back-reference),
+    with the position of the last change it took."""
     cur = await crm.execute(
-        "SELECT id FROM documents WHERE id = %s OR erp_document_id = %s"
+        "SELECT id, ofisync_applied_lsn FROM documents WHERE id = %s OR erp_document_id = %s"
         " ORDER BY id = %s DESC LIMIT 1 FOR UPDATE",
         (
             int(cmd.link_key) if cmd.link_key else None,
@@ -148,7 +159,7 @@ async def _existing(crm: psycopg.AsyncConnection[Any], cmd: Command) -> int | No
         ),
     )
     row = await cur.fetchone()
-    return None if row is None else int(row[0])
+    return None if row is None else (int(row[0]), row[1])
 
 
 def _primary(exc: psycopg.Error) -> str:

@@ -1,8 +1,11 @@
-"""Locks and placeholders (apply stage): the commands a side gets about its own rows.
+"""Ownership and placeholders (apply stage): the commands a side gets about its own rows.
 
 RESTORE: a side changed fields of a linked record that the other side owns; the owner's current
 values are read now and written back (so the row converges to them whatever else is in flight),
 and each attempt is recorded once in `ofisync.lock_violations`.
+ALIGN: a full push met newer values on the other side (an opt-in, a snapshot, a record matched);
+the source record takes them, the same way but with nothing to record.
+Both copy the other side's clocks with its values, so both sides hold one version of each field.
 ZERO_PLACEHOLDERS: a ticket was captured from a PNR; when the agency turned it on
 (`config_crm.ofisync_zero_placeholders`), the file's placeholder tickets go to 0.
 """
@@ -11,15 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
-from streams.apply.records import BatchResult, assignments, ident, text
+from streams.apply.results import BatchResult, text
+from streams.apply.statements import CLOCKS, ident
 from streams.apply.translate import Translator
 from streams.apply.unit_of_work import select_rows
 from streams.core.contract import ENTITIES
 from streams.core.mapping import Mapping
-from streams.core.model import Canonical, Command, Entity, Side, canonical, to_db
+from streams.core.model import Canonical, Command, CommandOp, Entity, Side, canonical, to_db
 
 
 async def zero_placeholders(
@@ -34,70 +39,80 @@ async def zero_placeholders(
     )
 
 
-async def restore(
+async def take_other_values(
     conn: psycopg.AsyncConnection[Any],
-    owner_conn: psycopg.AsyncConnection[Any],
-    target: Side,
+    other_conn: psycopg.AsyncConnection[Any],
+    side: Side,
     translator: Translator,
     cmd: Command,
     result: BatchResult,
 ) -> None:
+    """RESTORE or ALIGN `cmd`'s fields of a record on `side` from its pair on the other side."""
     entity = ENTITIES[cmd.entity]
-    found = await select_rows(conn, entity, target, ids=[int(cmd.source_key)])
+    found = await select_rows(conn, entity, side, ids=[int(cmd.source_key)])
     row = found[0] if found else None
-    owner_link = entity.link(target)
-    if row is None or owner_link is None or row.get(owner_link) is None:
+    link = entity.link(side)
+    if row is None or link is None or row.get(link) is None:
         return
-    owner_row = await _owner_row(owner_conn, entity, target.other, int(row[owner_link]))
-    if owner_row is None:
+    other = await _other_row(other_conn, entity, side.other, int(row[link]))
+    if other is None:
         return
-    restored = await translator.owner_values(entity, owner_row)
+    values = await translator.other_values(entity, *other)
     updates: dict[str, Any] = {}
+    stamps: dict[str, str] = {}
     for attempt in cmd.values:
-        value = restored.get(attempt.field)
+        value = values.get(attempt.field)
         if value is None:
             continue
         if canonical(value.kind, row[attempt.field]) != value.after:
             updates[attempt.field] = to_db(value.kind, value.after)
-        cur = await conn.execute(
-            "INSERT INTO ofisync.lock_violations (entity, record_key, field, attempted_value,"
-            " restored_value, attempted_by, source_lsn) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (entity, record_key, field, source_lsn) DO NOTHING",
-            (
-                entity.name,
-                cmd.source_key,
-                attempt.field,
-                text(attempt.after),
-                text(value.after),
-                cmd.actor,
-                cmd.lsn,
-            ),
-        )
-        result.lock_violations += cur.rowcount
-    if updates:
+        if value.clock is not None and row[CLOCKS].get(attempt.field) != value.clock:
+            stamps[attempt.field] = f"t:{value.clock}"
+        if cmd.op is CommandOp.RESTORE:
+            cur = await conn.execute(
+                "INSERT INTO ofisync.lock_violations (entity, record_key, field, attempted_value,"
+                " restored_value, attempted_by, source_lsn) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (entity, record_key, field, source_lsn) DO NOTHING",
+                (
+                    entity.name,
+                    cmd.source_key,
+                    attempt.field,
+                    text(attempt.after),
+                    text(value.after),
+                    cmd.actor,
+                    cmd.lsn,
+                ),
+            )
+            result.lock_violations += cur.rowcount
+    if updates or stamps:
+        assigned: list[sql.Composable] = [sql.SQL("{} = %s").format(ident(c)) for c in updates]
+        assigned.append(sql.SQL("ofisync_clocks = coalesce(ofisync_clocks, '{}') || %s::jsonb"))
         await conn.execute(
             sql.SQL("UPDATE {} SET {} WHERE id = %s").format(
-                ident(entity.table(target)), assignments(list(updates))
+                ident(entity.table(side)), sql.SQL(", ").join(assigned)
             ),
-            [*updates.values(), row["id"]],
+            [*updates.values(), orjson.dumps(stamps).decode(), row["id"]],
         )
 
 
-async def _owner_row(
-    conn: psycopg.AsyncConnection[Any], entity: Entity, owner: Side, owner_id: int
-) -> dict[str, Canonical] | None:
-    names = [f.name(owner) for f in entity.fields]
+async def _other_row(
+    conn: psycopg.AsyncConnection[Any], entity: Entity, side: Side, other_id: int
+) -> tuple[dict[str, Canonical], dict[str, int]] | None:
+    """A record's current values on `side` (canonical) and the clocks of its fields."""
+    names = [f.name(side) for f in entity.fields]
     async with conn.transaction():
         cur = await conn.execute(
-            sql.SQL("SELECT {} FROM {} WHERE id = %s").format(
-                sql.SQL(", ").join(ident(n) for n in names), ident(entity.table(owner))
+            sql.SQL("SELECT {}, ofisync.clocks_us(ofisync_clocks) FROM {} WHERE id = %s").format(
+                sql.SQL(", ").join(ident(n) for n in names), ident(entity.table(side))
             ),
-            (owner_id,),
+            (other_id,),
         )
         row = await cur.fetchone()
     if row is None:
         return None
-    return {
-        f.name(owner): canonical(f.kind_on(owner), v)
-        for f, v in zip(entity.fields, row, strict=True)
+    values = {
+        f.name(side): canonical(f.kind_on(side), v)
+        for f, v in zip(entity.fields, row[:-1], strict=True)
     }
+    clocks = {k: int(v) for k, v in (row[-1] or {}).items() if v is not None}
+    return values, clocks

@@ -26,6 +26,8 @@ class Translated(NamedTuple):
     via: Via
     before: Canonical
     after: Canonical
+    base: int | None = None  # the clocks of before and after on the source (FieldValue)
+    clock: int | None = None
 
 
 class Translator:
@@ -55,23 +57,29 @@ class Translator:
             else:
                 after = self._plain(f, v.after, report=True)
                 before = None if cmd.full else self._plain(f, v.before, report=False)
-            out.append(Translated(v.field, f.kind_on(self.target), f.via, before, after))
+            out.append(
+                Translated(v.field, f.kind_on(self.target), f.via, before, after, v.base, v.clock)
+            )
         return out
 
-    async def owner_values(
-        self, entity: Entity, owner_row: dict[str, Canonical]
+    async def other_values(
+        self, entity: Entity, other_row: dict[str, Canonical], clocks: dict[str, int]
     ) -> dict[str, Translated]:
-        """The owner's current values of a record, as this side should hold them."""
-        owner = self.target.other
+        """The other side's current values of a record (with their clocks, by its columns), as
+        this side should hold them, by this side's columns."""
+        other = self.target.other
         out = {}
         for f in entity.fields:
             if f.via is Via.NUMBER:
                 continue
-            value = await self._value(f, owner_row.get(f.name(owner)), report=False)
+            value = await self._value(f, other_row.get(f.name(other)), report=False)
             if isinstance(value, Waiting):
                 continue
             column = f.column(self.target)
-            out[column] = Translated(column, f.kind_on(self.target), f.via, None, value)
+            clock = clocks.get(f.name(other))
+            out[column] = Translated(
+                column, f.kind_on(self.target), f.via, None, value, None, clock
+            )
         return out
 
     async def _value(self, f: Field, value: Canonical, report: bool) -> Canonical | Waiting:

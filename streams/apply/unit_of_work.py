@@ -1,46 +1,39 @@
-"""Working set (apply stage): the target rows one batch touches, read set-wise and written back
-set-wise, inside the sink's batch transaction (streams/sink.py).
+"""Unit of work (apply stage): the target rows one batch touches, read set-wise and written back
+set-wise, inside the sink's batch transaction (streams/apply/batch.py).
 
-The rows of a batch's commands are read, and locked, in one query per table, with their field
-clocks; the parents its commands name are looked up in one query per parent table. The decisions
-(streams/rows.py) then run in Python over these rows, and their writes wait here until `flush`:
-one INSERT per table and column set, one UPDATE per table (each row's changes applied as a JSON
-patch over the row itself), one DELETE per table, one upsert of field clocks and one insert of
-conflicts. Per-command round trips were what bounded the sink; a batch now costs a handful of
-statements whatever its size.
-
-Rows keep the values psycopg reads (dates, decimals, …); patches carry the same values, which
-`_json` turns into the text PostgreSQL parses back into the column's type.
+The rows of a batch's commands are read, and locked, in one query per table, each with its
+clocks, position and flags (streams/apply/statements.py); the parents its commands name are looked
+up in one query per parent table, and the records a new one may be (streams/core/matching.py) in
+one more. The decisions (streams/apply/records.py) then run in Python over these rows, and their
+writes wait here until `flush`: one INSERT per table and column set, one UPDATE per table, one
+DELETE per table, one insert of conflicts. What the sync keeps about a row lives in the row
+itself, so an applied change writes its row and nothing else.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from decimal import Decimal
-from functools import cache, lru_cache, partial
 from typing import Any
 
-import orjson
 import psycopg
-from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from streams.core.contract import ENTITIES, FILE, PNR_TABLE
+from streams.apply import statements as q
+from streams.apply.statements import APPLIED_LSN, CLOCKS, DELETED, UNLINKED_FROM, json_rows
+from streams.core.contract import ENTITIES, FILE
 from streams.core.model import Command, CommandOp, Entity, Side
 
-# The column a loaded row carries besides its own: its field clocks, {column: commit µs}.
-CLOCKS = "ofisync_clocks"
+Row = dict[str, Any]
 
 
-def row_columns(entity: Entity, side: Side) -> list[str]:
-    """The columns of `entity`'s table on `side` that the sink reads: synced fields, marker,
-    link and own number."""
-    names = ["id", *(f.column(side) for f in entity.fields), *entity.marker(side)]
-    for extra in (entity.link(side), entity.number(side)):
-        if extra and extra not in names:
-            names.append(extra)
-    return names
+def _rows(entity: Entity, side: Side, found: Iterable[Sequence[Any]]) -> list[Row]:
+    names = q.row_columns(entity, side)
+    rows = []
+    for values in found:
+        row = dict(zip(names, values[: len(names)], strict=True))
+        row[CLOCKS] = values[len(names)] or {}
+        rows.append(row)
+    return rows
 
 
 async def select_rows(
@@ -49,136 +42,13 @@ async def select_rows(
     side: Side,
     ids: Sequence[int] = (),
     links: Sequence[int] = (),
-) -> list[dict[str, Any]]:
-    """The rows of `entity` on `side` with these ids or link values, locked in id order, each
-    with its field clocks (CLOCKS). The lock is the one an UPDATE of non-key columns takes:
-    `FOR UPDATE` would also block the key-share locks with which another transaction's insert
-    checks its foreign keys, and two workers' sinks, each updating a client the other's new
-    file points at, deadlocked on that."""
-    names = row_columns(entity, side)
+) -> list[Row]:
+    """The rows of `entity` on `side` with these ids, or linked (or, flagged, once linked) to
+    these ids of the other side; locked, with their resolved clocks (CLOCKS)."""
     by_link = entity.link(side) is not None and bool(links)
-    params = [list(ids), list(links)] if by_link else [list(ids)]
-    cur = await conn.execute(_select_sql(entity, side, by_link), params)
-    found = []
-    for values in await cur.fetchall():
-        row = dict(zip(names, values[:-1], strict=True))
-        row[CLOCKS] = values[-1]
-        found.append(row)
-    return found
-
-
-# Statements are composed once per shape and kept as text: composing quotes every identifier
-# again, which cost more than the rest of a small batch's statements together.
-
-
-@cache
-def _select_sql(entity: Entity, side: Side, by_link: bool) -> str:
-    table, link = entity.table(side), entity.link(side)
-    where: list[sql.Composable] = [sql.SQL("t.id = ANY(%s::bigint[])")]
-    if by_link and link is not None:
-        where.append(sql.SQL("t.{} = ANY(%s::bigint[])").format(sql.Identifier(link)))
-    return (
-        sql.SQL(
-            "SELECT {}, (SELECT coalesce(jsonb_object_agg(e.key, ofisync.clock_us(e.value)),"
-            " '{{}}') FROM ofisync.field_clock fc, jsonb_each_text(fc.clocks) e"
-            " WHERE fc.tbl = {} AND fc.pk = t.id::text) FROM {} t WHERE {}"
-            " ORDER BY t.id FOR NO KEY UPDATE OF t"
-        )
-        .format(
-            sql.SQL(", ").join(
-                sql.SQL("t.{}").format(sql.Identifier(n)) for n in row_columns(entity, side)
-            ),
-            sql.Literal(table),
-            sql.Identifier(table),
-            sql.SQL(" OR ").join(where),
-        )
-        .as_string()
-    )
-
-
-@cache
-def _parents_sql(table: str, link: str) -> str:
-    return (
-        sql.SQL("SELECT {link}, id FROM {table} WHERE {link} = ANY(%s::bigint[])")
-        .format(link=sql.Identifier(link), table=sql.Identifier(table))
-        .as_string()
-    )
-
-
-_PNR_FILES_SQL = (
-    f"SELECT DISTINCT expediente_id FROM {PNR_TABLE}"
-    " WHERE expediente_id = ANY(%s::bigint[]) AND origen_registro = 'pnr'"
-)
-
-
-@cache
-def _delete_sql(table: str) -> str:
-    return (
-        sql.SQL("DELETE FROM {} WHERE id = ANY(%s::bigint[])")
-        .format(sql.Identifier(table))
-        .as_string()
-    )
-
-
-@lru_cache(maxsize=1024)
-def _insert_sql(table: str, names: tuple[str, ...], generated: str | None) -> str:
-    columns = [sql.Identifier(n) for n in names]
-    values: list[sql.Composable] = [sql.SQL("p.{}").format(c) for c in columns]
-    if generated is not None:
-        columns.append(sql.Identifier(generated))
-        values.append(sql.SQL("ofisync.next_file_number()"))
-    return (
-        sql.SQL(
-            "INSERT INTO {table} ({columns}) SELECT {values}"
-            " FROM jsonb_array_elements(%s::jsonb) e,"
-            " jsonb_populate_record(NULL::{table}, e.value) p RETURNING id, {number}"
-        )
-        .format(
-            table=sql.Identifier(table),
-            columns=sql.SQL(", ").join(columns),
-            values=sql.SQL(", ").join(values),
-            number=sql.Identifier(generated) if generated else sql.NULL,
-        )
-        .as_string()
-    )
-
-
-@lru_cache(maxsize=1024)
-def _update_sql(table: str, columns: tuple[str, ...]) -> str:
-    names = [sql.Identifier(c) for c in columns]
-    return (
-        sql.SQL(
-            "UPDATE {table} AS t SET ({columns}) = (SELECT {values}"
-            " FROM jsonb_populate_record(t, v.patch) p),"
-            " ofisync_deleted_at = CASE WHEN v.unlinked THEN clock_timestamp() END"
-            " FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, patch jsonb, unlinked boolean)"
-            # The ids again, as an array: PostgreSQL takes a record set for 100 rows, and for a
-            # table of some thousands it then scanned the whole table instead of the index.
-            " WHERE t.id = v.id AND t.id = ANY(%s::bigint[])"
-        )
-        .format(
-            table=sql.Identifier(table),
-            columns=sql.SQL(", ").join(names),
-            values=sql.SQL(", ").join(sql.SQL("p.{}").format(n) for n in names),
-        )
-        .as_string()
-    )
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} cannot go into a JSON patch")
-
-
-# orjson writes dates and times as ISO 8601, which PostgreSQL reads back into the column's type.
-_json = partial(orjson.dumps, default=_json_default)
-
-
-def json_rows(rows: Any) -> Jsonb:
-    """A statement's rows as one JSON parameter (read with jsonb_to_recordset and the like): one
-    C call, where an array parameter per column was dumped value by value."""
-    return Jsonb(rows, dumps=_json)
+    params = [list(ids), list(links), list(links)] if by_link else [list(ids)]
+    cur = await conn.execute(q.select_sql(entity, side, by_link), params)
+    return _rows(entity, side, await cur.fetchall())
 
 
 class WorkingSet:
@@ -189,26 +59,30 @@ class WorkingSet:
         self.target = target
         # Ids reserved for rows this batch inserts (sequence values stay valid after a rollback).
         self._free_ids: dict[str, list[int]] = defaultdict(list)
-        self._forget_reads()
         # Own numbers of rows inserted by this batch, known once flushed (RETURNING).
         self.numbers: dict[tuple[str, int], str] = {}
+        # Tables rows were written to with ids of their own (a replay restoring them).
+        self._own_ids: set[str] = set()
+        self._forget_reads()
         self._forget_writes()
 
     def _forget_reads(self) -> None:
-        self.rows: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+        self.rows: dict[str, dict[int, Row]] = defaultdict(dict)
         self._loaded_ids: dict[str, set[int]] = defaultdict(set)
-        # link value → target id (None: no row holds it), for rows read here or parents.
+        # The other side's id → target id (None: no row holds it): linked rows, and parents.
         self._by_link: dict[str, dict[int, int | None]] = defaultdict(dict)
+        # The other side's id → flagged target row that was linked to it before a delete.
+        self._by_former: dict[str, dict[int, int]] = defaultdict(dict)
         self._parents: dict[str, dict[int, int | None]] = defaultdict(dict)
+        # Matching key → target rows a new record may be (streams/core/matching.py).
+        self._candidates: dict[str, dict[str, list[int]]] = defaultdict(dict)
         self._pnr_files: dict[int, bool] = {}  # OfiViaje file id → holds PNR tickets
 
     def _forget_writes(self) -> None:
-        self._inserts: dict[str, list[tuple[dict[str, Any], str | None]]] = defaultdict(list)
-        self._patches: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-        self._unlinked: dict[str, dict[int, bool]] = defaultdict(dict)
+        self._inserts: dict[str, list[tuple[Row, str | None]]] = defaultdict(list)
+        self._patches: dict[str, dict[int, Row]] = defaultdict(dict)
         self._deletes: dict[str, set[int]] = defaultdict(set)
-        self._stamps: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-        self._conflicts: list[tuple[Any, ...]] = []
+        self._conflicts: list[dict[str, Any]] = []
 
     def pending_texts(self) -> Iterator[tuple[str, str, str]]:
         """(table, column, value) of every text waiting to be written."""
@@ -216,8 +90,8 @@ class WorkingSet:
             for row, _ in inserts:
                 yield from ((table, c, v) for c, v in row.items() if isinstance(v, str))
         for table, patches in self._patches.items():
-            for patch in patches.values():
-                yield from ((table, c, v) for c, v in patch.items() if isinstance(v, str))
+            for write in patches.values():
+                yield from ((table, c, v) for c, v in write["patch"].items() if isinstance(v, str))
 
     def forget(self) -> None:
         """Drops what was read and what waits to be written (after a savepoint rolled back, or
@@ -227,13 +101,16 @@ class WorkingSet:
 
     # --- reads ---------------------------------------------------------------------------
 
-    def _keep(self, entity: Entity, found: Iterable[dict[str, Any]]) -> None:
+    def _keep(self, entity: Entity, found: Iterable[Row]) -> None:
         table = entity.table(self.target)
         link = entity.link(self.target)
         for row in found:
             self.rows[table][row["id"]] = row
+            self._loaded_ids[table].add(row["id"])
             if link is not None and row[link] is not None:
                 self._by_link[table][row[link]] = row["id"]
+            if row[DELETED] is not None and row[UNLINKED_FROM] is not None:
+                self._by_former[table][row[UNLINKED_FROM]] = row["id"]
 
     async def _load(self, entity: Entity, ids: Iterable[int], links: Iterable[int]) -> None:
         table = entity.table(self.target)
@@ -248,24 +125,27 @@ class WorkingSet:
             self._by_link[table].setdefault(value, None)
 
     async def load(self, commands: Sequence[Command]) -> None:
-        """Reads the target rows of `commands` (row writes: upserts and deletes) and the
-        parents they name, set-wise, and reserves ids for the rows they will insert."""
+        """Reads the target rows of `commands` (row writes) and the parents they name,
+        set-wise, and reserves ids for the rows they may insert."""
         by_entity: dict[str, list[Command]] = defaultdict(list)
         for cmd in commands:
             by_entity[cmd.entity].append(cmd)
         for name, group in by_entity.items():
             entity = ENTITIES[name]
+            own = [c for c in group if c.target is c.source]  # a side's own rows, by id
+            other = [c for c in group if c.target is not c.source]
             await self._load(
                 entity,
-                (int(c.link_key) for c in group if c.link_key is not None),
-                (int(c.source_key) for c in group) if entity.link(self.target) else (),
+                [int(c.link_key) for c in other if c.link_key is not None]
+                + [int(c.source_key) for c in own],
+                [int(c.source_key) for c in other] if entity.link(self.target) else [],
             )
             parent_field = entity.parent
-            if parent_field is not None and parent_field.ref is not None:
+            if parent_field is not None and parent_field.ref is not None and other:
                 column = parent_field.column(self.target)
                 wanted = {
                     int(value)
-                    for c in group
+                    for c in other
                     for v in c.values
                     if v.field == column
                     for value in (v.after, v.before)
@@ -277,9 +157,33 @@ class WorkingSet:
             new = {
                 c.source_key
                 for c in group
-                if c.op is CommandOp.UPSERT and self._cached(entity, c) is None
+                if c.op is CommandOp.UPSERT and self.cached(entity, c) is None
             }
             await self._reserve_ids(entity, len(new))
+
+    async def load_candidates(self, entity: Entity, keys: Iterable[str]) -> None:
+        """Reads the rows that new records with these matching keys may be (by tax id for
+        clients, by number for files), locked like the rest."""
+        table = entity.table(self.target)
+        known = self._candidates[table]
+        wanted = sorted({k for k in keys if k not in known})
+        if not wanted:
+            return
+        by_tax_id = entity is not FILE
+        cur = await self.conn.execute(q.candidates_sql(entity, self.target, by_tax_id), (wanted,))
+        found = list(await cur.fetchall())
+        rows = _rows(entity, self.target, (values[:-1] for values in found))
+        self._keep(entity, rows)
+        for key in wanted:
+            known[key] = []
+        for row, values in zip(rows, found, strict=True):
+            known[values[-1]].append(row["id"])
+
+    def candidates(self, entity: Entity, key: str) -> list[Row]:
+        """The rows loaded for `key` (see `load_candidates`) that are still there."""
+        table = entity.table(self.target)
+        rows = self.rows[table]
+        return [rows[i] for i in self._candidates[table].get(key, []) if i in rows]
 
     async def _load_parents(self, parent: Entity, source_ids: Iterable[int]) -> None:
         table = parent.table(self.target)
@@ -289,25 +193,41 @@ class WorkingSet:
         wanted = sorted({v for v in source_ids if v not in known and v not in parents})
         if not wanted:
             return
-        cur = await self.conn.execute(_parents_sql(table, link), (wanted,))
+        cur = await self.conn.execute(q.parents_sql(table, link), (wanted,))
         found = dict(await cur.fetchall())
         for value in wanted:
             self._parents[table][value] = found.get(value)
 
-    def _cached(self, entity: Entity, cmd: Command) -> dict[str, Any] | None:
+    def cached(self, entity: Entity, cmd: Command) -> Row | None:
+        """The target row of `cmd` among those read: the row itself for a side's own command;
+        else by the id the source knows, by link column, or flagged, by the id it was once
+        linked to."""
         table = entity.table(self.target)
+        rows = self.rows[table]
+        if cmd.target is cmd.source:
+            return rows.get(int(cmd.source_key))
         if cmd.link_key is not None:
-            row = self.rows[table].get(int(cmd.link_key))
-            if row is not None:
+            row = rows.get(int(cmd.link_key))
+            if row is not None and row[entity.link(self.target) or "id"] in (
+                None,
+                int(cmd.source_key),
+            ):
                 return row
-        target_id = self._by_link[table].get(int(cmd.source_key))
-        return None if target_id is None else self.rows[table].get(target_id)
+        source_id = int(cmd.source_key)
+        target_id = self._by_link[table].get(source_id)
+        if target_id is None:
+            target_id = self._by_former[table].get(source_id)
+        return None if target_id is None else rows.get(target_id)
 
-    async def find(self, entity: Entity, cmd: Command) -> dict[str, Any] | None:
-        """The target row of `cmd`: by the id the source knows, else by the link column."""
-        links = [int(cmd.source_key)] if entity.link(self.target) else []
-        await self._load(entity, [int(cmd.link_key)] if cmd.link_key is not None else [], links)
-        return self._cached(entity, cmd)
+    async def find(self, entity: Entity, cmd: Command) -> Row | None:
+        """The target row of `cmd` (see `cached`), read when it was not."""
+        if cmd.target is cmd.source:
+            await self._load(entity, [int(cmd.source_key)], [])
+        else:
+            links = [int(cmd.source_key)] if entity.link(self.target) else []
+            ids = [int(cmd.link_key)] if cmd.link_key is not None else []
+            await self._load(entity, ids, links)
+        return self.cached(entity, cmd)
 
     async def parent_id(self, parent: Entity, source_id: int) -> int | None:
         """The target id of the parent whose source id is `source_id`, if it is linked here."""
@@ -319,17 +239,15 @@ class WorkingSet:
 
     async def has_pnr_tickets(self, file_id: int) -> bool:
         """Whether OfiViaje's file `file_id` holds tickets captured from a PNR (placeholder
-        zeroing, streams/rows.py). The batch's first question asks it for every file the batch
-        has read, at once: a batch of segments asked once per segment before."""
+        zeroing): asked once for every file the batch has read."""
         if file_id not in self._pnr_files:
             files = self._known_ids(FILE) | {file_id}
-            cur = await self.conn.execute(_PNR_FILES_SQL, (sorted(files),))
+            cur = await self.conn.execute(q.PNR_FILES_SQL, (sorted(files),))
             found = {row[0] for row in await cur.fetchall()}
             self._pnr_files.update((f, f in found) for f in files)
         return self._pnr_files[file_id]
 
     def _known_ids(self, entity: Entity) -> set[int]:
-        """The ids of `entity`'s target rows this batch has read or looked up as parents."""
         table = entity.table(self.target)
         known = set(self.rows[table])
         for ids in (self._by_link[table].values(), self._parents[table].values()):
@@ -349,26 +267,44 @@ class WorkingSet:
     # --- writes (pending until flush) ------------------------------------------------------
 
     async def insert(
-        self, entity: Entity, columns: dict[str, Any], generated_number: str | None = None
-    ) -> dict[str, Any]:
-        """Queues a new row; `generated_number`: its own-number column, filled by
-        ofisync.next_file_number() when flushed. Returns the row as later commands see it."""
+        self,
+        entity: Entity,
+        columns: Row,
+        clocks: dict[str, int | None],
+        lsn: int | None,
+        generated_number: str | None = None,
+        own_id: int | None = None,
+    ) -> Row:
+        """Queues a new row (`own_id`: with that id, else a reserved one); `generated_number`: its
+        own-number column, filled by ofisync.next_file_number() when flushed. Returns the row as
+        later commands see it."""
         table = entity.table(self.target)
-        if not self._free_ids[table]:
-            await self._reserve_ids(entity, 1)
-        row = {"id": self._free_ids[table].pop(0), **columns}
-        self._inserts[table].append((row, generated_number))
-        cached = {name: row.get(name) for name in row_columns(entity, self.target)}
-        cached[CLOCKS] = {}
+        if own_id is None:
+            if not self._free_ids[table]:
+                await self._reserve_ids(entity, 1)
+            own_id = self._free_ids[table].pop(0)
+        else:
+            self._own_ids.add(table)
+        row = {"id": own_id, **columns}
+        written = dict(row, ofisync_clocks=q.clocks_json(clocks), ofisync_applied_lsn=lsn)
+        self._inserts[table].append((written, generated_number))
+        cached: Row = {name: row.get(name) for name in q.row_columns(entity, self.target)}
+        cached[CLOCKS] = {c: us for c, us in clocks.items() if us is not None}
+        cached[APPLIED_LSN] = lsn
         self._keep(entity, [cached])
-        self._loaded_ids[table].add(row["id"])
         return cached
 
     def update(
-        self, entity: Entity, row: dict[str, Any], changes: dict[str, Any], unlinked: bool
+        self,
+        entity: Entity,
+        row: Row,
+        changes: Row,
+        stamps: dict[str, int | None] | None = None,
+        lsn: int | None = None,
+        unlinked: bool = False,
     ) -> None:
-        """Queues `changes` to a row; its ofisync_deleted_at is stamped when the change unlinks
-        it and cleared otherwise (the newest change of the row in the batch decides)."""
+        """Queues `changes` to a row, its fields' new clocks (`stamps`), the position of the
+        change, and whether it unlinks the row (the other side deleted its record)."""
         table = entity.table(self.target)
         link = entity.link(self.target)
         if link is not None and link in changes and row[link] != changes[link]:
@@ -376,36 +312,37 @@ class WorkingSet:
                 self._by_link[table][row[link]] = None
             if changes[link] is not None:
                 self._by_link[table][changes[link]] = row["id"]
+        write = self._patches[table].setdefault(
+            row["id"], {"id": row["id"], "patch": {}, "clocks": None, "lsn": None}
+        )
+        if unlinked:
+            write["unlinked"], write["former"] = True, row[link] if link else None
+            row[DELETED] = True
         row.update(changes)
-        self._patches[table].setdefault(row["id"], {}).update(changes)
-        self._unlinked[table][row["id"]] = unlinked
+        write["patch"].update(changes)
+        if stamps:
+            row[CLOCKS] = {**row[CLOCKS], **stamps}
+            write["clocks"] = q.clocks_json(row[CLOCKS])
+        if lsn is not None and (row[APPLIED_LSN] is None or lsn > row[APPLIED_LSN]):
+            row[APPLIED_LSN] = write["lsn"] = lsn
 
-    def delete(self, entity: Entity, row: dict[str, Any]) -> None:
+    def delete(self, entity: Entity, row: Row) -> None:
         table = entity.table(self.target)
         link = entity.link(self.target)
         self.rows[table].pop(row["id"], None)
         if link is not None and row[link] is not None:
             self._by_link[table][row[link]] = None
         self._patches[table].pop(row["id"], None)
-        self._unlinked[table].pop(row["id"], None)
         self._deletes[table].add(row["id"])
 
-    def stamp(
-        self, table: str, row: dict[str, Any], columns: Iterable[str], commit_us: int
-    ) -> None:
-        """Field clocks of values the sync wrote: the source commit time."""
-        stamps = dict.fromkeys(columns, commit_us)
-        row[CLOCKS].update(stamps)  # each row read or queued has a clocks dict of its own
-        self._stamps[(table, str(row["id"]))].update(stamps)
-
-    def conflict(self, *record: Any) -> None:
+    def conflict(self, **record: Any) -> None:
         """A row of ofisync.conflicts (entity, target_key, field, incoming source, value and
         commit µs, local value and commit µs, policy, winner)."""
         self._conflicts.append(record)
 
     async def flush(self) -> None:
         """Writes what waits, set-wise: inserts (parents first), updates, deletes (children
-        first), field clocks, conflicts."""
+        first), conflicts."""
         order = list(ENTITIES.values())
         for entity in order:
             await self._flush_inserts(entity)
@@ -414,43 +351,21 @@ class WorkingSet:
         for entity in reversed(order):
             table = entity.table(self.target)
             if self._deletes[table]:
-                await self.conn.execute(_delete_sql(table), (sorted(self._deletes[table]),))
-        if self._stamps:
-            await self.conn.execute(
-                "INSERT INTO ofisync.field_clock AS fc (tbl, pk, clocks)"
-                " SELECT v.tbl, v.pk, v.clocks"
-                " FROM jsonb_to_recordset(%s::jsonb) AS v(tbl text, pk text, clocks jsonb)"
-                " ON CONFLICT (tbl, pk) DO UPDATE SET clocks = fc.clocks || excluded.clocks",
-                (
-                    json_rows(
-                        [
-                            {
-                                "tbl": table,
-                                "pk": pk,
-                                "clocks": {f: f"t:{us}" for f, us in s.items()},
-                            }
-                            for (table, pk), s in self._stamps.items()
-                        ]
-                    ),
-                ),
-            )
+                await self.conn.execute(q.delete_sql(table), (sorted(self._deletes[table]),))
         if self._conflicts:
-            async with self.conn.cursor() as cur:
-                await cur.executemany(
-                    "INSERT INTO ofisync.conflicts (entity, target_key, field, incoming_source,"
-                    " incoming_value, incoming_commit_us, local_value, local_commit_us, policy,"
-                    " winner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    self._conflicts,
-                )
+            await self.conn.execute(q.CONFLICTS_SQL, (json_rows(self._conflicts),))
+        for table in sorted(self._own_ids):
+            await self.conn.execute(q.bump_sequence_sql(table))
+        self._own_ids.clear()
         self._forget_writes()
 
     async def _flush_inserts(self, entity: Entity) -> None:
         table = entity.table(self.target)
-        groups: dict[tuple[tuple[str, ...], str | None], list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[tuple[str, ...], str | None], list[Row]] = defaultdict(list)
         for row, generated in self._inserts[table]:
             groups[(tuple(row), generated)].append(row)
         for (names, generated), rows in groups.items():
-            cur = await self.conn.execute(_insert_sql(table, names, generated), (json_rows(rows),))
+            cur = await self.conn.execute(q.insert_sql(table, names, generated), (json_rows(rows),))
             if generated is not None:
                 for target_id, number in await cur.fetchall():
                     self.numbers[(table, target_id)] = number
@@ -462,12 +377,10 @@ class WorkingSet:
         patches = self._patches[table]
         if not patches:
             return
-        columns = tuple(sorted({c for patch in patches.values() for c in patch}))
-        changes = [
-            {"id": target_id, "patch": patch, "unlinked": self._unlinked[table][target_id]}
-            for target_id, patch in patches.items()
-        ]
-        await self.conn.execute(_update_sql(table, columns), (json_rows(changes), list(patches)))
+        columns = tuple(sorted({c for write in patches.values() for c in write["patch"]}))
+        await self.conn.execute(
+            q.update_sql(table, columns), (json_rows(list(patches.values())), list(patches))
+        )
 
 
 def too_long(

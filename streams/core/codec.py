@@ -1,27 +1,19 @@
 """Command serialization: Avro (fastavro) with the schemas in schemas/command/v<N>.avsc.
 
-Frame: one zero byte, one byte of schema version, then the Avro body. A version is either one
-command (v1–v3: `ofisync.Command`) or a batch of commands (what the capture agent sends, one
-message per partition per capture batch: v4 `ofisync.CommandBatch`, a record per value; v5
-`ofisync.Commands`, values as parallel arrays with a value before only where it differs from the
-one after; v6 `ofisync.CommandFrame`, like v5 with each list of target columns named once per
-frame and the values as JSON arrays, which Avro writes as bytes instead of a union per value).
-A reader resolves an older writer version to the newest schema of the same name, so
-schemas evolve compatibly (tested); a new layout takes a new name, and every layout stays
-readable.
-
-A worker reads back mostly frames it wrote itself (its capture agent sends, its apply agents
-read): `RecentFrames` keeps the commands of the frames it sent lately, so reading one of those
-back costs a dictionary lookup instead of an Avro decode. A frame's bytes determine its commands
-(the round trip keeps every value and its type, tested), so the two ways give equal commands.
+Commands are stored where they wait or travel off the hot path: parked changes, dead letters,
+and what `ofisync replay` and `ofisync dlq retry` send to the worker's command topics. Frame: one
+zero byte, one byte of schema version, then the Avro body. Commands are written one per frame
+(`ofisync.Command`, now v7: the reapply and align operations and each value's clocks). The
+batches the two-hop worker wrote (v4 `ofisync.CommandBatch`, v5 `ofisync.Commands`, v6
+`ofisync.CommandFrame`) are still read, so command topics written before an upgrade drain. A
+reader resolves an older writer version to the newest schema of the same name, so schemas evolve
+compatibly (tested); a new layout takes a new name, and every layout stays readable.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections import OrderedDict
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,7 +21,7 @@ from typing import Any
 import fastavro
 import orjson
 
-from streams.core.model import Canonical, Command, CommandOp, FieldValue, Side
+from streams.core.model import Command, CommandOp, FieldValue, Side
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "command"
 MAGIC = 0
@@ -87,43 +79,19 @@ def _about(cmd: Command) -> dict[str, Any]:
 
 
 def _record(cmd: Command) -> dict[str, Any]:
-    """A one-command record (v3), a record per value."""
+    """A one-command record (v7), a record per value."""
     values = [
-        {"field": v.field, "before": v.before, "after": v.after, "changed": v.changed}
+        {
+            "field": v.field,
+            "before": v.before,
+            "after": v.after,
+            "changed": v.changed,
+            "base": v.base,
+            "clock": v.clock,
+        }
         for v in cmd.values
     ]
     return _about(cmd) | {"values": values}
-
-
-def _before_at(befores: Sequence[Canonical], afters: Sequence[Canonical]) -> list[int]:
-    """The positions whose value before differs from the value after."""
-    return [
-        i
-        for i, (before, after) in enumerate(zip(befores, afters, strict=True))
-        if before is not after
-        and (before != after or type(before) is not type(after))  # 1 == True, and more
-    ]
-
-
-_NO_VALUES: tuple[tuple[Any, ...], ...] = ((), (), (), ())
-
-
-def _framed(commands: Sequence[Command]) -> dict[str, Any]:
-    """A v6 batch: each command's target columns named once per frame, its values in JSON."""
-    field_sets: dict[tuple[str, ...], int] = {}
-    records = []
-    for cmd in commands:
-        # The values turned into columns (fields, befores, afters, changed) in one step.
-        fields, befores, afters, changed = tuple(zip(*cmd.values, strict=True)) or _NO_VALUES
-        before_at = _before_at(befores, afters)
-        record = _about(cmd)
-        record["fields_at"] = field_sets.setdefault(fields, len(field_sets))
-        record["after"] = orjson.dumps(afters)
-        record["changed"] = changed
-        record["before_at"] = before_at
-        record["before"] = orjson.dumps([befores[i] for i in before_at])
-        records.append(record)
-    return {"field_sets": [list(fields) for fields in field_sets], "commands": records}
 
 
 def _frame(version: int, record: dict[str, Any]) -> bytes:
@@ -135,10 +103,6 @@ def _frame(version: int, record: dict[str, Any]) -> bytes:
 
 def encode(cmd: Command) -> bytes:
     return _frame(latest_version(), _record(cmd))
-
-
-def encode_batch(commands: Sequence[Command]) -> bytes:
-    return _frame(latest_version(batch=True), _framed(commands))
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
@@ -187,7 +151,10 @@ _OPS = {op.value: op for op in CommandOp}
 def _values(r: dict[str, Any]) -> tuple[FieldValue, ...]:
     if "values" in r:
         return tuple(
-            FieldValue(v["field"], v["before"], v["after"], v["changed"]) for v in r["values"]
+            FieldValue(
+                v["field"], v["before"], v["after"], v["changed"], v.get("base"), v.get("clock")
+            )
+            for v in r["values"]
         )
     return _field_values(r["fields"], r["after"], r["changed"], r["before_at"], r["before"])
 
@@ -242,33 +209,3 @@ def _command(r: dict[str, Any], values: tuple[FieldValue, ...]) -> Command:
         actor=r.get("actor"),
         replay=bool(r.get("replay", False)),
     )
-
-
-class RecentFrames:
-    """The commands of the batch frames this process sent lately, up to `max_bytes` of frames
-    (the oldest are forgotten first); each is handed back once, by `decode_all`."""
-
-    def __init__(self, max_bytes: int = 64 << 20) -> None:
-        self.max_bytes = max_bytes
-        self._frames: OrderedDict[bytes, tuple[Command, ...]] = OrderedDict()
-        self._bytes = 0
-
-    def remember(self, frame: bytes, commands: Sequence[Command]) -> None:
-        """`frame` is `encode_batch(commands)`."""
-        if frame in self._frames:
-            return
-        self._frames[frame] = tuple(commands)
-        self._bytes += len(frame)
-        while self._bytes > self.max_bytes:
-            oldest, _ = self._frames.popitem(last=False)
-            self._bytes -= len(oldest)
-
-    def decode_all(self, frame: bytes) -> list[Command]:
-        known = self._frames.pop(frame, None)
-        if known is None:
-            return decode_all(frame)
-        self._bytes -= len(frame)
-        return list(known)
-
-    def __len__(self) -> int:
-        return len(self._frames)

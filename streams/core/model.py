@@ -227,20 +227,34 @@ class CommandOp(StrEnum):
     RESTORE = "restore"
     # A real ticket was captured: the file's placeholder tickets on the same side go to 0.
     ZERO_PLACEHOLDERS = "zero_placeholders"
+    # A side's own change applied to that side again (`ofisync replay` after a restore): the
+    # record takes the values it had after the change, where nothing newer holds them.
+    REAPPLY = "reapply"
+    # The other side kept newer values than a full push carried (an opt-in, a snapshot, a record
+    # matched): the source record takes them, so both sides hold the same.
+    ALIGN = "align"
 
 
-SELF_TARGETED = (CommandOp.RESTORE, CommandOp.ZERO_PLACEHOLDERS)
+SELF_TARGETED = (
+    CommandOp.RESTORE,
+    CommandOp.ZERO_PLACEHOLDERS,
+    CommandOp.REAPPLY,
+    CommandOp.ALIGN,
+)
 
 
 class FieldValue(NamedTuple):
-    """A field of the target table: the source's value before and after, and whether it changed.
-    A named tuple, not a dataclass: each change makes a dozen of them, twice (capture and apply),
-    and a frozen dataclass takes twice as long to build."""
+    """A field of the target table: the source's value before and after, whether it changed,
+    and the clocks of those values on the source (the commit times of the changes that set
+    them; None: never set since the record was created). A named tuple, not a dataclass: each
+    change makes a dozen of them, and a frozen dataclass takes twice as long to build."""
 
     field: str
     before: Canonical
     after: Canonical
     changed: bool
+    base: int | None = None  # the clock of `before`: which version of the field was changed
+    clock: int | None = None  # the clock of `after` (a full push carries each field's own)
 
 
 @dataclass(frozen=True)
@@ -257,11 +271,16 @@ class Command:
     full: bool  # create / opt-in / snapshot: every field, no before-image check
     values: tuple[FieldValue, ...]
     actor: str | None = None  # who made the source change, when known (lock violations)
-    replay: bool = False  # re-sent by `ofisync replay` (streams/replay.py)
+    replay: bool = False  # history: re-sent by `ofisync replay` or a dead letter retried
 
     @property
     def target(self) -> Side:
         return self.source if self.op in SELF_TARGETED else self.source.other
+
+    @property
+    def origin_key(self) -> tuple[str, str, str, int]:
+        """The change a command came from (several commands may come from one)."""
+        return (self.source.value, self.entity, self.source_key, self.lsn)
 
     @property
     def kafka_key(self) -> bytes:

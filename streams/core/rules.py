@@ -1,18 +1,33 @@
 """Rules: a decoded change → the command for the other side, or the reason there is none.
 
-Pure functions, no I/O. Which records cross (opt-in), which fields cross (the contract's
-correspondence, nothing else), whether a change is a full push (create, opt-in, snapshot)
-or a field-level update carrying its before-image, which changes break a lock (a CRM edit of
-a field OfiViaje owns becomes a RESTORE of the CRM row), and when a captured PNR ticket makes a
-file's placeholder tickets go to 0.
+Pure functions, no I/O. Which records cross (opt-in; not a record flagged as deleted on the
+other side), which fields cross (the contract's correspondence, nothing else), whether a change is
+a full push (create, opt-in, snapshot, re-link) carrying each field's clock or a field-level
+update carrying its before-image and the version it changed, which changes break a lock (a CRM
+edit of a field OfiViaje owns becomes a RESTORE of the CRM row), when a captured PNR ticket makes
+a file's placeholder tickets go to 0, and a side's own change as a command to itself (replay).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from streams.core.contract import PNR_TABLE
-from streams.core.model import ChangeEvent, Command, CommandOp, Entity, FieldValue, Op, Side, Via
+from streams.core.model import (
+    Canonical,
+    ChangeEvent,
+    Command,
+    CommandOp,
+    Entity,
+    FieldValue,
+    Op,
+    Side,
+    Via,
+)
 
 
 @dataclass(frozen=True)
@@ -117,12 +132,63 @@ def pnr_capture(ev: ChangeEvent) -> Command | None:
     )
 
 
+FLAGGED = "ofisync_deleted_at"
+CLOCKS = "ofisync_clocks"
+BASE = "ofisync_base"
+
+
+def flagged(row: Mapping[str, Canonical] | None) -> bool:
+    """A record the sync unlinked because the other side deleted its pair: it stays out of the
+    sync until a person clears the flag (then it crosses as a new record)."""
+    return row is not None and row.get(FLAGGED) is not None
+
+
+def _json_map(raw: Canonical) -> dict[str, Any]:
+    """A jsonb column as Debezium sends it (a JSON text); {} for anything else."""
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        found = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def clocks_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int]:
+    """The clock of each field of a captured row: a field this change set carries its commit
+    time ("x:" entries: the trigger leaves only the writing transaction's unresolved)."""
+    found = {}
+    for column, entry in _json_map(row.get(CLOCKS)).items():
+        if not isinstance(entry, str):
+            continue
+        if entry.startswith("x:"):
+            found[column] = commit_us
+        elif entry.startswith("t:") and entry[2:].isdigit():
+            found[column] = int(entry[2:])
+    return found
+
+
+def bases_of(row: Mapping[str, Canonical]) -> dict[str, int | None]:
+    """For a person's edit, the clocks the changed fields had before it (ofisync_base)."""
+    return {
+        column: clock if isinstance(clock, int) and not isinstance(clock, bool) else None
+        for column, clock in _json_map(row.get(BASE)).items()
+    }
+
+
 def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
     side = ev.source
     link_column = entity.link(side)
     row = ev.row
     link = row.get(link_column) if link_column else None
     link_key = None if link is None else str(link)
+
+    relinked = ev.op is Op.UPDATE and flagged(ev.before) and not flagged(ev.after)
+    if flagged(row) or (ev.op is Op.DELETE and flagged(ev.before)):
+        return Skip(
+            f"{entity.name} {ev.key} was deleted on the other side; clear its {FLAGGED} to link"
+            " it again"
+        )
 
     locked = locked_change(ev, entity)
     if locked is not None:
@@ -158,26 +224,84 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
     opted_in_now = (
         ev.op is Op.UPDATE and before is not None and not _opted_in(entity, ev, dict(before))
     )
-    full = ev.op in (Op.CREATE, Op.READ) or opted_in_now or before is None or send_when is not None
-    if before is None:
-        values = tuple(FieldValue(written, None, after[read], True) for read, written in crossing)
+    full = (
+        ev.op in (Op.CREATE, Op.READ)
+        or opted_in_now
+        or relinked
+        or before is None
+        or send_when is not None
+    )
+    if full:
+        values = full_values(entity, side, after, clocks_of(after, ev.commit_us))
     else:
+        assert before is not None
+        bases = bases_of(after)
         values = tuple(
-            FieldValue(written, old, new, full or old != new)
+            FieldValue(written, old, new, True, bases.get(read), ev.commit_us)
+            if old != new
+            else FieldValue(written, old, new, False)
             for read, written in crossing
             for old, new in ((before.get(read), after[read]),)
         )
-    if not full and not any(v.changed for v in values):
-        return Skip("no synced field changed")
+        if not any(v.changed for v in values):
+            return Skip("no synced field changed")
     return Command(
         side,
         entity.name,
         CommandOp.UPSERT,
         ev.key,
-        link_key,
+        None if relinked else link_key,
         ev.lsn,
         ev.commit_us,
         full=full,
         values=values,
         actor=_actor(ev),
     )
+
+
+def full_values(
+    entity: Entity, side: Side, row: Mapping[str, Canonical], clocks: Mapping[str, int]
+) -> tuple[FieldValue, ...]:
+    """Every field of a record of `side`, for the other side, each with its own clock: what a
+    full push (a create, an opt-in, a snapshot, a record matched) carries."""
+    return tuple(
+        FieldValue(written, None, row[read], True, None, clocks.get(read))
+        for read, written in entity.crossing(side)
+    )
+
+
+def reapply_command(ev: ChangeEvent, entity: Entity) -> Command | Skip:
+    """A side's own change as a command to that side itself (`ofisync replay` after a restore):
+    the record's synced fields in its own column names, to take where nothing newer holds them."""
+    if entity.erp_send_when is not None:
+        return Skip(f"{entity.name} rows are not restored from their own history")
+    own = tuple(f.name(ev.source) for f in entity.fields)
+    if ev.source is Side.ERP and entity.erp_opt_in is not None:
+        own = (*own, entity.erp_opt_in)
+    if ev.op is Op.DELETE:
+        return Command(
+            ev.source, entity.name, CommandOp.REAPPLY, ev.key, None, ev.lsn, ev.commit_us,
+            full=False, values=(), replay=True,
+        )  # fmt: skip
+    after = ev.after or {}
+    if any(column not in after for column in own):
+        return Skip(f"{ev.table} change lacks synced columns")
+    before = ev.before
+    if ev.op in (Op.CREATE, Op.READ) or before is None:
+        clocks = clocks_of(after, ev.commit_us)
+        values = tuple(FieldValue(c, None, after[c], True, None, clocks.get(c)) for c in own)
+        full = True
+    else:
+        bases = bases_of(after)
+        values = tuple(
+            FieldValue(c, before.get(c), after[c], True, bases.get(c), ev.commit_us)
+            for c in own
+            if before.get(c) != after[c]
+        )
+        full = False
+        if not values:
+            return Skip("no synced field changed")
+    return Command(
+        ev.source, entity.name, CommandOp.REAPPLY, ev.key, None, ev.lsn, ev.commit_us,
+        full=full, values=values, replay=True,
+    )  # fmt: skip

@@ -1,5 +1,20 @@
 -- The sync service's own objects, common to both databases. Idempotent.
 -- Everything lives in schema `ofisync` or in columns prefixed `ofisync_` on synced tables.
+--
+-- What the sink keeps about a record it applies lives in the record's own row, so an applied
+-- change writes that row and nothing else (streams/apply/unit_of_work.py):
+--   ofisync_clocks        {"column": "x:<xid>" | "t:<µs>"}: which change set each field's
+--                         value (a person's transaction id, resolved to its commit time with
+--                         pg_xact_commit_timestamp; or the commit time of the change a value
+--                         the sync applied came from). Conflicts are decided on them.
+--   ofisync_base          for a person's edit, the clocks the fields it changed had before.
+--   ofisync_applied_lsn   the source position of the newest change applied to the row: a
+--                         redelivered change at or below it does nothing.
+--   ofisync_deleted_at    set when the other side's record was deleted: the row is unlinked and
+--                         stays out of the sync until a person clears it.
+--   ofisync_unlinked_from the other side's id the row was linked to before that delete.
+--   ofisync_origin        who wrote the row last when it was not a person (the sink: 'sync'),
+--   ofisync_writer        and when it was a person, who (database user/application).
 
 CREATE SCHEMA IF NOT EXISTS ofisync;
 
@@ -9,30 +24,8 @@ CREATE TABLE IF NOT EXISTS ofisync.heartbeat (
     beat_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Exactly-once effect: the newest source position applied per source record, written in
--- the same transaction as the change it guards. A redelivered change at or below it is a no-op.
-CREATE TABLE IF NOT EXISTS ofisync.applied (
-    source text NOT NULL,          -- 'erp' or 'crm': where the change was captured
-    entity text NOT NULL,          -- source table
-    source_key text NOT NULL,      -- source primary key
-    lsn bigint NOT NULL,
-    commit_us bigint NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    PRIMARY KEY (source, entity, source_key)
-);
-
--- Per-field logical clocks of synced rows: which change set each field's current value.
--- {"field": "x:<xid>"} for a local write (its commit time is read with
--- pg_xact_commit_timestamp), {"field": "t:<µs>"} for a value applied by the sync, stamped
--- with the source commit time. Conflicts between both sides are decided on these.
-CREATE TABLE IF NOT EXISTS ofisync.field_clock (
-    tbl text NOT NULL,
-    pk text NOT NULL,
-    clocks jsonb NOT NULL DEFAULT '{}',
-    PRIMARY KEY (tbl, pk)
-);
-
--- Conflicts found and how they were resolved.
+-- Conflicts found and how they were resolved. One row per change and field: a change applied
+-- twice (redelivered after a crash) records nothing twice.
 CREATE TABLE IF NOT EXISTS ofisync.conflicts (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     detected_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -47,6 +40,11 @@ CREATE TABLE IF NOT EXISTS ofisync.conflicts (
     policy text NOT NULL,
     winner text NOT NULL            -- 'incoming' or 'local'
 );
+DELETE FROM ofisync.conflicts c USING ofisync.conflicts d
+ WHERE c.id > d.id AND (c.entity, c.target_key, c.field, c.incoming_source, c.incoming_commit_us)
+                     = (d.entity, d.target_key, d.field, d.incoming_source, d.incoming_commit_us);
+CREATE UNIQUE INDEX IF NOT EXISTS conflicts_once
+    ON ofisync.conflicts (entity, target_key, field, incoming_source, incoming_commit_us);
 
 -- Attempts to change a field that the other side owns (recorded on the side where the
 -- attempt was made, when the field is restored). One row per change and field: a redelivered
@@ -65,9 +63,10 @@ ALTER TABLE ofisync.lock_violations ADD COLUMN IF NOT EXISTS source_lsn bigint;
 CREATE UNIQUE INDEX IF NOT EXISTS lock_violations_once
     ON ofisync.lock_violations (entity, record_key, field, source_lsn);
 
--- Changes that wait for their parent (a file for its client, a ticket for its file) to be
--- linked on this side. Never dropped: retried with back-off, and at once when a parent is
--- linked; a later change of the same record waits behind the earlier one.
+-- Changes that wait: for their parent (a file for its client, a ticket for its file) to be
+-- linked on this side, or for a person (a refusal, a record that matches several). Never
+-- dropped: retried with back-off, and at once when a parent is linked; a later change of the
+-- same record waits behind the earlier one.
 CREATE TABLE IF NOT EXISTS ofisync.parked (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     parked_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -78,63 +77,90 @@ CREATE TABLE IF NOT EXISTS ofisync.parked (
     parent_entity text,
     parent_key text,             -- the parent's id on the change's source side
     waiting_for text NOT NULL,   -- in words, for people
-    command bytea NOT NULL,      -- the encoded command (streams/codec.py)
+    command bytea NOT NULL,      -- the encoded command (streams/core/codec.py)
     attempts int NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     UNIQUE (source, entity, source_key, lsn)
 );
 CREATE INDEX IF NOT EXISTS parked_parent ON ofisync.parked (parent_entity, parent_key);
 
--- On every write to a synced table: copy the writer's origin into the row, so decode can drop
--- the sync's own writes exactly (no echoes); for local writes, name the writer (database user
--- and application name, for the lock-violation record) and stamp the changed fields' clocks
--- with this transaction's id. The sink sets `ofisync.origin` (on its own connection, or SET LOCAL).
+-- On every write to a synced table: copy the writer's origin into the row (the sink sets
+-- `ofisync.origin` on its connections; on PostgreSQL 16+ its transactions also carry a
+-- replication origin, so they are never sent at all); for a person's write, name the writer
+-- (database user and application name, for the lock-violation record), stamp the fields it
+-- changed with this transaction's id and keep, in ofisync_base, the clocks of the values they
+-- had: which version of each field the person changed (streams/core/conflicts.py). The other
+-- fields' clocks are resolved to commit times on the way, so a captured row carries no
+-- transaction id but its own. The sink writes the clocks of the fields it sets itself.
 -- SECURITY DEFINER: the applications' own roles need no rights on the ofisync schema.
 CREATE OR REPLACE FUNCTION ofisync.on_write() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, ofisync AS $$
 DECLARE
     writer text := nullif(current_setting('ofisync.origin', true), '');
     changed jsonb;
+    base jsonb;
     new_row jsonb;
     old_row jsonb;
     clock text;
 BEGIN
     NEW.ofisync_origin := writer;
-    NEW.ofisync_writer := CASE WHEN writer IS NULL THEN
-        session_user || coalesce('/' || nullif(current_setting('application_name', true), ''), '')
-    END;
-    IF writer IS NULL AND TG_OP = 'UPDATE' THEN
-        -- Built once per row: inside the query they were built again for every column, which
-        -- made this trigger 2.4x dearer for every update an application makes.
-        new_row := to_jsonb(NEW);
-        old_row := to_jsonb(OLD);
-        clock := 'x:' || (txid_current() % 4294967296)::text;
-        SELECT jsonb_object_agg(n.key, clock)
-          INTO changed
-          FROM jsonb_each(new_row) n
-         WHERE n.value IS DISTINCT FROM old_row -> n.key
-           AND n.key NOT LIKE 'ofisync\_%';
-        IF changed IS NOT NULL THEN
-            INSERT INTO ofisync.field_clock AS fc (tbl, pk, clocks)
-            VALUES (TG_TABLE_NAME, new_row ->> TG_ARGV[0], changed)
-            ON CONFLICT (tbl, pk) DO UPDATE SET clocks = fc.clocks || excluded.clocks;
-        END IF;
+    IF writer IS NOT NULL THEN
+        NEW.ofisync_writer := NULL;
+        RETURN NEW;
     END IF;
+    NEW.ofisync_writer := session_user
+        || coalesce('/' || nullif(current_setting('application_name', true), ''), '');
+    IF TG_OP = 'INSERT' THEN
+        NEW.ofisync_clocks := NULL;
+        NEW.ofisync_base := NULL;
+        NEW.ofisync_applied_lsn := NULL;
+        NEW.ofisync_unlinked_from := NULL;
+        RETURN NEW;
+    END IF;
+    -- A person's edit keeps what the sync knows of the row. Clearing the deleted flag re-links
+    -- the record (it crosses as new): it forgets the id it was linked to before.
+    NEW.ofisync_applied_lsn := OLD.ofisync_applied_lsn;
+    NEW.ofisync_unlinked_from := CASE WHEN NEW.ofisync_deleted_at IS NOT NULL
+                                      THEN OLD.ofisync_unlinked_from END;
+    -- Built once per row: inside the query they would be built again for every column.
+    new_row := to_jsonb(NEW);
+    old_row := to_jsonb(OLD);
+    clock := 'x:' || (txid_current() % 4294967296)::text;
+    SELECT jsonb_object_agg(n.key, clock),
+           jsonb_object_agg(n.key, ofisync.clock_us(OLD.ofisync_clocks ->> n.key))
+      INTO changed, base
+      FROM jsonb_each(new_row) n
+     WHERE n.value IS DISTINCT FROM old_row -> n.key
+       AND n.key NOT LIKE 'ofisync\_%';
+    NEW.ofisync_base := base;
+    NEW.ofisync_clocks := coalesce(
+        (SELECT jsonb_object_agg(e.key, CASE WHEN e.value LIKE 'x:%'
+                                             THEN 't:' || ofisync.clock_us(e.value)
+                                             ELSE e.value END)
+           FROM jsonb_each_text(OLD.ofisync_clocks) e), '{}') || coalesce(changed, '{}');
     RETURN NEW;
 END
 $$;
 
 -- Adds the sync columns and the write trigger to one synced table.
-CREATE OR REPLACE FUNCTION ofisync.track(p_table regclass, p_pk text DEFAULT 'id')
+CREATE OR REPLACE FUNCTION ofisync.track(p_table regclass)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_origin text', p_table);
     EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_deleted_at timestamptz',
                    p_table);
     EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_writer text', p_table);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_clocks jsonb', p_table);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_base jsonb', p_table);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_applied_lsn bigint', p_table);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_unlinked_from bigint',
+                   p_table);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (ofisync_unlinked_from)'
+                   ' WHERE ofisync_unlinked_from IS NOT NULL',
+                   replace(p_table::text, '.', '_') || '_ofisync_unlinked_from', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS ofisync_on_write ON %s', p_table);
     EXECUTE format('CREATE TRIGGER ofisync_on_write BEFORE INSERT OR UPDATE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION ofisync.on_write(%L)', p_table, p_pk);
+                   'FOR EACH ROW EXECUTE FUNCTION ofisync.on_write()', p_table);
 END
 $$;
 
@@ -152,8 +178,7 @@ END
 $$;
 
 -- A clock entry ("x:<xid>" or "t:<µs>") as µs since the epoch. VOLATILE like
--- pg_xact_commit_timestamp, so that PostgreSQL inlines it into the query that calls it: called
--- once per clock instead, it was most of the time of the sink's read of a batch's rows.
+-- pg_xact_commit_timestamp, so that PostgreSQL inlines it into the query that calls it.
 CREATE OR REPLACE FUNCTION ofisync.clock_us(c text) RETURNS bigint LANGUAGE sql VOLATILE AS $$
     SELECT CASE
         WHEN c LIKE 't:%' THEN substr(c, 3)::bigint
@@ -162,12 +187,76 @@ CREATE OR REPLACE FUNCTION ofisync.clock_us(c text) RETURNS bigint LANGUAGE sql 
     END
 $$;
 
--- All field clocks of one row, resolved to µs. The sink reads them in its own query now (a
--- set-returning function calling a volatile one is not inlined; streams/working.py); this stays
--- for workers of an earlier version still running while a deployment upgrades them.
-CREATE OR REPLACE FUNCTION ofisync.row_clocks(p_tbl text, p_pk text)
-RETURNS TABLE (field text, commit_us bigint) LANGUAGE sql STABLE AS $$
-    SELECT e.key, ofisync.clock_us(e.value)
-    FROM ofisync.field_clock fc, jsonb_each_text(fc.clocks) e
-    WHERE fc.tbl = p_tbl AND fc.pk = p_pk
+-- A row's clocks with every entry resolved to µs: what the sink decides conflicts with. It is
+-- read in the same statement that locks the row, from the row version it locked, so a change
+-- committed while the sink waited for the lock is seen with its own clock.
+CREATE OR REPLACE FUNCTION ofisync.clocks_us(c jsonb) RETURNS jsonb LANGUAGE sql VOLATILE AS $$
+    SELECT coalesce(jsonb_object_agg(e.key, ofisync.clock_us(e.value)), '{}')
+    FROM jsonb_each_text(c) e
+$$;
+
+-- A tax id as two records are matched on (streams/core/matching.py says the same in Python):
+-- upper case, without spaces, dashes, dots and slashes, and without a two-letter country prefix
+-- in front of a nine-character Spanish NIF/NIE/CIF ("es-b 1234567-8" → "B12345678").
+CREATE OR REPLACE FUNCTION ofisync.tax_key(t text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT nullif(CASE WHEN k ~ '^[A-Z]{2}[0-9A-Z]{9}$' THEN substr(k, 3) ELSE k END, '')
+    FROM (SELECT upper(regexp_replace(t, '[\s\-./]', '', 'g')) AS k) s
+$$;
+
+-- The replication origins the sink's connections mark their transactions with (PostgreSQL 16+),
+-- created by the admin step (streams/apply/connections.py names them), with the rights the sink
+-- needs to take one (it stays a non-superuser). One origin per session at a time: a pool per
+-- database. Only on PostgreSQL 16+, where pgoutput can leave their transactions out.
+CREATE OR REPLACE FUNCTION ofisync.prepare_origins(p_sink text, p_names text[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    origin text;
+BEGIN
+    FOREACH origin IN ARRAY p_names LOOP
+        IF pg_replication_origin_oid(origin) IS NULL THEN
+            PERFORM pg_replication_origin_create(origin);
+        END IF;
+    END LOOP;
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO %I',
+                   p_sink);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pg_replication_origin_session_reset() TO %I',
+                   p_sink);
+END
+$$;
+
+-- From the schema of earlier versions: field clocks and applied positions kept in tables of
+-- their own move into the rows, the clocks resolved to commit times (run by the admin step; a
+-- no-op once done). p_targets lists (table, link column, entity, source side) of the synced
+-- tables here; a table the sink never writes has no link column.
+CREATE OR REPLACE FUNCTION ofisync.move_state_into_rows(p_targets text[][])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    t text[];
+BEGIN
+    PERFORM set_config('ofisync.origin', 'upgrade', true);  -- not a person's edit: not sent
+    IF to_regclass('ofisync.field_clock') IS NOT NULL THEN
+        FOREACH t SLICE 1 IN ARRAY p_targets LOOP
+            EXECUTE format(
+                'UPDATE public.%I r SET ofisync_clocks = (SELECT jsonb_object_agg(e.key,'
+                '   ''t:'' || ofisync.clock_us(e.value)) FROM jsonb_each_text(fc.clocks) e)'
+                ' FROM ofisync.field_clock fc'
+                ' WHERE fc.tbl = %L AND fc.pk = r.id::text AND r.ofisync_clocks IS NULL',
+                t[1], t[1]);
+        END LOOP;
+        DROP TABLE ofisync.field_clock;
+    END IF;
+    IF to_regclass('ofisync.applied') IS NOT NULL THEN
+        FOREACH t SLICE 1 IN ARRAY p_targets LOOP
+            CONTINUE WHEN t[2] IS NULL;
+            EXECUTE format(
+                'UPDATE public.%I r SET ofisync_applied_lsn = a.lsn FROM ofisync.applied a'
+                ' WHERE a.source = %L AND a.entity = %L AND a.source_key = r.%I::text'
+                '   AND r.ofisync_applied_lsn IS NULL',
+                t[1], t[4], t[3], t[2]);
+        END LOOP;
+        DROP TABLE ofisync.applied;
+    END IF;
+    DROP FUNCTION IF EXISTS ofisync.row_clocks(text, text);
+END
 $$;

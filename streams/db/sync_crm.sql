@@ -4,6 +4,15 @@ SELECT ofisync.track('accounts');
 SELECT ofisync.track('files');
 SELECT ofisync.track('segments');
 SELECT ofisync.track('documents');
+SELECT ofisync.move_state_into_rows(ARRAY[
+    ['accounts', 'erp_id', 'client', 'erp'],
+    ['files', 'erp_id', 'file', 'erp'],
+    ['segments', NULL, 'segment', 'crm'],
+    ['documents', 'erp_document_id', 'document', 'erp']]);
+
+-- An account OfiViaje creates is first looked for among the CRM's unlinked ones, by tax id.
+CREATE INDEX IF NOT EXISTS accounts_ofisync_tax_key
+    ON public.accounts (ofisync.tax_key(tax_id)) WHERE erp_id IS NULL;
 
 -- What Debezium may read: the synced tables, agencies and users (mapping), the heartbeat.
 -- Document content is left out by a column list.
@@ -24,7 +33,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON public.agencies, public.users TO %I', p_sink);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ofisync TO %I',
                    p_sink);
-    EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, ofisync TO %I',
+    -- UPDATE: a replay that writes rows back with their own ids moves the sequence past them.
+    EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, ofisync TO %I',
                    p_sink);
     EXECUTE format('GRANT SELECT ON public.accounts, public.files, public.segments, '
                    'public.agencies, public.users, public.documents TO %I', p_capture);

@@ -4,6 +4,15 @@ SELECT ofisync.track('clientes');
 SELECT ofisync.track('expedientes');
 SELECT ofisync.track('billetes');
 SELECT ofisync.track('documentos');
+SELECT ofisync.move_state_into_rows(ARRAY[
+    ['clientes', 'crm_id', 'client', 'crm'],
+    ['expedientes', 'crm_id', 'file', 'crm'],
+    ['billetes', 'crm_trayecto_id', 'segment', 'crm'],
+    ['documentos', NULL, 'document', 'erp']]);
+
+-- A client the CRM creates is first looked for among OfiViaje's unlinked ones, by tax id.
+CREATE INDEX IF NOT EXISTS clientes_ofisync_tax_key
+    ON public.clientes (ofisync.tax_key(nif)) WHERE crm_id IS NULL;
 
 -- The agency's choice: when real tickets are captured from a PNR, set the file's placeholder
 -- tickets (made from CRM segments) to 0 automatically. Off by default: the agency may prefer
@@ -58,7 +67,8 @@ BEGIN
     EXECUTE format('GRANT SELECT ON public.sucursales, public.vendedores TO %I', p_sink);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ofisync TO %I',
                    p_sink);
-    EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, ofisync TO %I',
+    -- UPDATE: a replay that writes rows back with their own ids moves the sequence past them.
+    EXECUTE format('GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, ofisync TO %I',
                    p_sink);
     EXECUTE format('GRANT SELECT ON public.clientes, public.expedientes, public.billetes, '
                    'public.sucursales, public.vendedores, public.config_crm, public.documentos '

@@ -1,11 +1,13 @@
 """Dead letters (operations): what the worker could not process, why, and sending it back.
 
 The worker writes each dead letter to `<tenant>.dlq` with the original key and bytes and
-headers naming the stage, the reason and where it came from (streams/worker.py). A dead
-letter's id is `<partition>:<offset>` in that topic. Retrying one produces the original message
-again onto the topic it came from (a command to its command topic), where the worker processes
-it as new; then a marker record (`ofisync-retry-of`) in the dead-letter topic remembers it was
-retried. If the cause is still there it comes back as a new dead letter.
+headers naming the stage, the reason and where it came from (streams/worker/dead_letters.py). A
+dead letter's id is `<partition>:<offset>` in that topic. Retrying one produces the original
+message again onto the topic it came from, where the worker processes it as new; a command the
+target refused goes to its target's command topic, as history: its values carry the time of the
+change they came from, so a field changed since at the source keeps its newer value, and the
+others land. Then a marker record (`ofisync-retry-of`) in the dead-letter topic remembers it
+was retried. If the cause is still there it comes back as a new dead letter.
 """
 
 from __future__ import annotations
@@ -165,6 +167,16 @@ class WaitingCount:
         self._retried.clear()
 
 
+def resent(letter: DeadLetter) -> bytes | None:
+    """What a retry sends: the original message, or a refused command marked as history."""
+    if letter.stage == "apply" and letter.value is not None:
+        try:
+            return codec.encode(replace(codec.decode(letter.value), replay=True))
+        except (codec.CodecError, ValueError, KeyError, EOFError):
+            return letter.value
+    return letter.value
+
+
 def retry(
     settings: Settings, letters: list[DeadLetter], progress: Callable[[DeadLetter], None]
 ) -> int:
@@ -175,7 +187,7 @@ def retry(
     )
     try:
         for letter in letters:
-            producer.send(letter.destination(topics), key=letter.key, value=letter.value).get(30)
+            producer.send(letter.destination(topics), key=letter.key, value=resent(letter)).get(30)
             producer.send(
                 topics.dead_letters,
                 key=f"retried:{letter.id}".encode(),

@@ -19,8 +19,11 @@ import psycopg
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from streams.apply.connections import ORIGIN_SERVER_VERSION, origin_names
+from streams.core.model import Side
 from streams.core.topics import Topics
 from streams.ops.observe import WAL_BOUND
+from streams.secrets import Role, role_name
 from streams.settings import Database, Settings
 
 
@@ -48,6 +51,7 @@ def _database(settings: Settings, db: Database) -> Iterator[Check]:
         return
     with conn:
         yield Check(area, "reachable", True, db.safe_dsn)
+        yield from _echoes(settings, db, conn)
         wal = _one(conn, "SHOW wal_level")
         yield Check(
             area,
@@ -109,8 +113,49 @@ def _database(settings: Settings, db: Database) -> Iterator[Check]:
             )
 
 
-def _one(conn: psycopg.Connection[Any], query: str) -> Any:
-    row = conn.execute(query).fetchone()
+def _echoes(settings: Settings, db: Database, conn: psycopg.Connection[Any]) -> Iterator[Check]:
+    """How the sync's own writes are kept from coming back: on PostgreSQL 16+ the server never
+    sends them (replication origins, `origin=none`); before, they come marked and are dropped."""
+    area, version = db.title, conn.info.server_version
+    shown = _one(conn, "SHOW server_version")
+    if version < ORIGIN_SERVER_VERSION:
+        yield Check(
+            area,
+            "echoes",
+            True,
+            f"PostgreSQL {shown}: the sync's own writes are captured marked and dropped by the"
+            " worker (PostgreSQL 16+ would never send them)",
+        )
+        return
+    names = origin_names(settings.tenant, Side(db.side))
+    ready = _one(
+        conn,
+        "SELECT count(*) FROM pg_replication_origin WHERE roname = ANY(%s)"
+        " AND has_function_privilege(%s, 'pg_replication_origin_session_setup(text)', 'EXECUTE')",
+        (names, role_name(settings, Role.SINK)),
+    )
+    yield Check(
+        area,
+        "echoes",
+        ready == len(names),
+        f"PostgreSQL {shown}: the sync's own writes are never sent ({ready} of {len(names)}"
+        " replication origins ready for the sink)",
+        "prepare the database again (`ofisync up`, or deploy/production/prepare_databases.py)",
+    )
+    setting = "max_active_replication_origins" if version >= 180000 else "max_replication_slots"
+    slots = int(_one(conn, f"SHOW {setting}"))
+    used = int(_one(conn, "SELECT count(*) FROM pg_replication_origin_status"))
+    yield Check(
+        area,
+        setting,
+        used < slots,
+        f"{used} replication origins in use of {setting} = {slots}",
+        f"raise {setting} (the sink's sessions each take one) and restart PostgreSQL",
+    )
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
 
 

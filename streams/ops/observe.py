@@ -22,7 +22,9 @@ from typing import Any
 
 import psycopg
 
+from streams.core.contract import CLIENT, FILE
 from streams.core.mapping import Mapping as SyncMapping
+from streams.core.model import Side
 from streams.ops import dlq, lag
 from streams.settings import Settings
 from streams.worker import metrics
@@ -270,7 +272,8 @@ def _export(
 
 def attention(settings: Settings, mapping: SyncMapping, dsns: Mapping[str, str]) -> dict[str, Any]:
     """What needs a person: unmapped names, dead letters with their reason, recorded conflicts
-    and lock violations, changes waiting for a parent, documents failing."""
+    and lock violations, changes waiting (for a parent, or for a person to pick among records
+    that match), records flagged because the other side deleted their pair, documents failing."""
     out: dict[str, Any] = {"unmapped": mapping.unmapped()}
     try:
         out["dead_letters"] = [d.summary() for d in dlq.read_all(settings) if not d.retried]
@@ -289,6 +292,7 @@ def attention(settings: Settings, mapping: SyncMapping, dsns: Mapping[str, str])
     for name in queries:
         out[name] = []
     out["documents_failing"] = []
+    out["flagged_deleted"] = []
     for db in settings.databases:
         try:
             with psycopg.connect(dsns.get(db.side, db.dsn), connect_timeout=3) as conn:
@@ -299,6 +303,21 @@ def attention(settings: Settings, mapping: SyncMapping, dsns: Mapping[str, str])
                         {"database": db.side} | dict(zip(columns, map(_plain, row), strict=True))
                         for row in cur
                     ]
+                for entity in (CLIENT, FILE):
+                    table = entity.table(Side(db.side))
+                    cur = conn.execute(
+                        f"SELECT id, ofisync_deleted_at, ofisync_unlinked_from FROM {table}"
+                        " WHERE ofisync_deleted_at IS NOT NULL ORDER BY id DESC LIMIT 50"
+                    )
+                    out["flagged_deleted"] += [
+                        {
+                            "side": db.side, "entity": entity.name, "table": table, "id": row[0],
+                            "flagged_at": _plain(row[1]), "was_linked_to": row[2],
+                            "to_link_again": f"UPDATE {table} SET ofisync_deleted_at = NULL"
+                            f" WHERE id = {row[0]}",
+                        }
+                        for row in cur
+                    ]  # fmt: skip
                 if db.side == "erp":
                     cur = conn.execute(
                         "SELECT id, expediente_id, nombre_fichero, error_sync FROM documentos"

@@ -1,32 +1,39 @@
-"""Replay (operations): re-read one source's captured changes from a point in time and send
-their commands again, while the worker keeps running.
+"""Replay (operations): re-read captured changes from a point in time and send them again, as
+history, while the worker keeps running.
 
-Use: a database was restored from a backup and lost recent changes. The restored database's
-`ofisync.applied` positions went back with it, so the changes the other side captured since
-the backup apply again; the sync's own writes on the other side (values that came from the
-restored side) are re-sent too, so the restored side gets back its own lost edits. Over data
-already in sync a replay changes nothing: positions skip what was applied, equal values are
-no-ops, and replayed values older than the target's are history, not conflicts.
+Use: a database was restored from a backup taken at T and lost what happened since. Replaying
+both sides since T brings every change back: the other side's changes apply to it again, and its
+own (the sync's writes are never captured, so its people's changes can only come back from its own
+history) are re-applied to it (REAPPLY, streams/apply/reapply.py). Each replayed value carries the
+commit time of the change it came from, and is decided by the clock rule as history
+(streams/core/conflicts.py): over data already in sync a replay changes nothing, not a value, not
+a record, and records no conflict. Of a record whose last change in the window is its delete only
+the delete goes: it flags what a restore brought back, and writes nothing back.
 
-The replayer is a plain consumer (no group: the worker's offsets are not touched) reading from
-the offsets Kafka finds for the time (`offsets_for_times`) up to where each partition ended when
-it started; it produces commands onto the command topics, where the worker applies them.
+The replayer is a plain consumer (no group: the worker's offsets are not touched) reading from the
+offsets Kafka finds for the time (`offsets_for_times`) up to where each partition ended when it
+started, twice: once to find the records deleted in the window, once to send. It produces
+commands onto the command topics, where the worker applies them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streams.core import codec
 from streams.core.contract import ENTITIES, PNR_TABLE
-from streams.core.model import Command, Side
-from streams.core.routing import route
+from streams.core.decode import decode
+from streams.core.model import ChangeEvent, Command, Side
+from streams.core.routing import deletes, replayed
 from streams.core.topics import Topics
 from streams.settings import Settings
+
+Record = tuple[str, str, str]  # source, table, key
 
 
 class ReplayError(ValueError):
@@ -44,17 +51,22 @@ class Plan:
         return sum(max(0, self.end[tp] - self.start[tp]) for tp in self.start)
 
 
-def topics_for(tenant: str, source: Side, entity: str | None) -> list[str]:
+def topics_for(tenant: str, sources: Sequence[Side], entity: str | None) -> list[str]:
     topics = Topics(tenant)
     if entity is not None and entity not in ENTITIES:
         raise ReplayError(f"unknown entity {entity!r}; one of: {', '.join(ENTITIES)}")
     chosen = [e for e in ENTITIES.values() if entity in (None, e.name)]
-    tables = [e.table(source) for e in chosen if source in e.sources]
-    if source is Side.ERP and entity in (None, "segment"):
-        tables.append(PNR_TABLE)  # PNR captures zero placeholders
-    if not tables:
-        raise ReplayError(f"{entity} changes are not captured from {source.value}")
-    return sorted({topics.capture(source, t) for t in tables})
+    names = set()
+    for source in sources:
+        tables = [e.table(source) for e in chosen if source in e.sources]
+        if source is Side.ERP and entity in (None, "segment"):
+            tables.append(PNR_TABLE)  # PNR captures zero placeholders
+        names |= {topics.capture(source, t) for t in tables}
+    if not names:
+        raise ReplayError(
+            f"{entity} changes are not captured from {' or '.join(s.value for s in sources)}"
+        )
+    return sorted(names)
 
 
 def plan(consumer: KafkaConsumer, topics: list[str], since_ms: int) -> Plan:
@@ -67,16 +79,37 @@ def plan(consumer: KafkaConsumer, topics: list[str], since_ms: int) -> Plan:
     return Plan(topics, start, end)
 
 
+def _read(consumer: KafkaConsumer, work: Plan) -> Iterator[Any]:
+    """The records of the plan's window, partition by partition in offset order."""
+    todo = {tp: end for tp, end in work.end.items() if work.start[tp] < end}
+    consumer.assign(list(todo))
+    consumer.resume(*todo)  # paused at the end of an earlier pass
+    for tp in todo:
+        consumer.seek(tp, work.start[tp])
+    while todo:
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for record in records:
+                if record.offset < work.end[tp]:
+                    yield record
+            if consumer.position(tp) >= work.end[tp]:
+                todo.pop(tp, None)
+                consumer.pause(tp)
+
+
+def _record(event: ChangeEvent) -> Record:
+    return (event.source.value, event.table, event.key)
+
+
 def replay(
     settings: Settings,
-    source: Side,
+    sources: Sequence[Side],
     since_ms: int,
     entity: str | None,
     progress: Callable[[int, int], None],
 ) -> Counter[str]:
     """Replays and returns what became of the changes read (commands sent, skipped, ...)."""
     topics = Topics(settings.tenant)
-    names = topics_for(settings.tenant, source, entity)
+    names = topics_for(settings.tenant, sources, entity)
     consumer = KafkaConsumer(
         bootstrap_servers=str(settings.kafka),
         enable_auto_commit=False,
@@ -89,37 +122,51 @@ def replay(
     outcomes: Counter[str] = Counter()
     try:
         work = plan(consumer, names, since_ms)
-        todo = {tp: end for tp, end in work.end.items() if work.start[tp] < end}
-        consumer.assign(list(todo))
-        for tp in todo:
-            consumer.seek(tp, work.start[tp])
-        done = 0
-        progress(done, work.total)
-        while todo:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset >= work.end[tp]:
-                        continue
-                    done += 1
-                    outcome = route(
-                        record.topic, record.key, record.value, settings.tenant, replay=True
-                    )
-                    if isinstance(outcome, Command):
-                        if entity is None or outcome.entity == entity:
-                            producer.send(
-                                topics.commands(outcome.target),
-                                key=outcome.kafka_key,
-                                value=codec.encode(outcome),
-                            )
-                            outcomes["commands sent"] += 1
-                    else:
-                        outcomes[type(outcome).__name__.lower()] += 1
-                if consumer.position(tp) >= work.end[tp]:
-                    todo.pop(tp, None)
-                    consumer.pause(tp)
-            progress(done, work.total)
+        total, done = 2 * work.total, 0
+        progress(done, total)
+        deleted: dict[Record, int] = {}  # record → offset of its last delete in the window
+        last: dict[Record, int] = {}
+        for message in _read(consumer, work):
+            event = decode(message.topic, message.key, message.value, settings.tenant)
+            if isinstance(event, ChangeEvent):
+                last[_record(event)] = message.offset
+                if deletes(event):
+                    deleted[_record(event)] = message.offset
+            done += 1
+            if done % 2000 == 0:
+                progress(done, total)
+        gone = {r for r, at in deleted.items() if last[r] == at}
+        for message in _read(consumer, work):
+            done += 1
+            if done % 2000 == 0:
+                progress(done, total)
+            event = decode(message.topic, message.key, message.value, settings.tenant)
+            if not isinstance(event, ChangeEvent):
+                outcomes[type(event).__name__.lower()] += 1
+                continue
+            found = replayed(event)
+            if not isinstance(found, list):
+                outcomes[type(found).__name__.lower()] += 1
+                continue
+            for cmd in found:
+                if _kept(cmd, event, _record(event) in gone, entity):
+                    _send(producer, topics, cmd)
+                    outcomes["commands sent"] += 1
         producer.flush()
+        progress(total, total)
     finally:
         producer.close()
         consumer.close()
     return outcomes
+
+
+def _kept(cmd: Command, event: ChangeEvent, deleted_later: bool, entity: str | None) -> bool:
+    if entity is not None and cmd.entity != entity:
+        return False
+    # A record deleted in the window is written back to neither side: only its delete goes (its
+    # copy on the other side, flagged, may have been linked again to another by a person since).
+    return not deleted_later or deletes(event)
+
+
+def _send(producer: KafkaProducer, topics: Topics, cmd: Command) -> None:
+    producer.send(topics.commands(cmd.target), key=cmd.kafka_key, value=codec.encode(cmd))

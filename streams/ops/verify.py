@@ -50,6 +50,7 @@ class Report:
     pairs: dict[str, int]
     differences: list[Difference]
     one_sided: list[OneSided]
+    paused: list[Paused]
 
     @property
     def clean(self) -> bool:
@@ -61,7 +62,17 @@ class Report:
             "pairs": self.pairs,
             "differences": [asdict(d) for d in self.differences],
             "one_sided": [asdict(o) for o in self.one_sided],
+            "paused": [asdict(p) for p in self.paused],
         }
+
+
+@dataclass(frozen=True)
+class Paused:
+    """A linked pair OfiViaje no longer syncs (its box unchecked): not compared, not drift."""
+
+    entity: str
+    erp_id: int
+    crm_id: int
 
 
 @dataclass(frozen=True)
@@ -161,7 +172,7 @@ def _plain(value: Any) -> Canonical:
     return value if isinstance(value, str | int | bool) or value is None else str(value)
 
 
-def _mapping(erp: psycopg.Connection[Any]) -> SyncMapping:
+def read_mapping(erp: psycopg.Connection[Any]) -> SyncMapping:
     """The mapping as the sync sees it, folded from OfiViaje's tables directly."""
     mapping = SyncMapping()
     for table, columns in (
@@ -187,7 +198,7 @@ def verify(settings: Settings) -> Report:
     ):
         for conn in (erp, crm):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        mapping = _mapping(erp)
+        mapping = read_mapping(erp)
         rows = {
             e.name: (_read(erp, e, Side.ERP), _read(crm, e, Side.CRM))
             for e in (CLIENT, FILE, SEGMENT)
@@ -210,16 +221,17 @@ def verify(settings: Settings) -> Report:
             for e in (CLIENT, FILE)
         }
     )
-    report = Report({}, [], [])
+    report = Report({}, [], [], [])
     for entity in (CLIENT, FILE, SEGMENT, DOCUMENT):
         erp_rows, crm_rows = rows[entity.name]
         matched = 0
         for erp_id, erp_row in erp_rows.items():
             if any(erp_row.get(c) != v for c, v in entity.marker(Side.ERP).items()):
                 continue  # no longer a placeholder: the real ticket is the agency's own
-            if entity.erp_opt_in and not erp_row.get(entity.erp_opt_in):
-                continue  # unchecked: it keeps its link but no longer syncs
             crm_id = _int(erp_row[entity.erp_link]) or 0
+            if entity.erp_opt_in and not erp_row.get(entity.erp_opt_in):
+                report.paused.append(Paused(entity.name, erp_id, crm_id))
+                continue  # unchecked: it keeps its link, and nothing crosses either way
             crm_row = crm_rows.get(crm_id)
             back = entity.crm_link
             if crm_row is None:

@@ -43,8 +43,27 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
     return json.loads(raw) if raw else None
 
 
-def render_connector(settings: Settings, side: str) -> dict[str, Any]:
-    """connectors/<side>.json with the local settings filled in ({{...}} placeholders).
+ORIGIN_FILTER_VERSION = 160000  # pgoutput's `origin` option
+
+
+def server_version(db: Database, dsn: str | None = None) -> int:
+    """The database server's version number (e.g. 180007), logging in with `dsn` (default: the
+    database's own)."""
+    try:
+        with psycopg.connect(dsn or db.dsn, connect_timeout=10) as conn:
+            return int(conn.info.server_version)
+    except psycopg.Error as exc:
+        raise ConnectError(
+            f"cannot read {db.title}'s server version at {db.safe_dsn}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+        ) from exc
+
+
+def render_connector(settings: Settings, side: str, server: int) -> dict[str, Any]:
+    """connectors/<side>.json with the settings filled in ({{...}} placeholders), for a server of
+    version `server`: from PostgreSQL 16 on, pgoutput is asked for `origin=none`, so the sync's
+    own writes (marked with a replication origin) are never sent; older servers reject the option
+    and send them marked, and the worker drops them.
 
     `${env:...}` placeholders are left for Connect's EnvVarConfigProvider, so passwords
     never travel through the REST API nor rest in the config topic.
@@ -67,6 +86,8 @@ def render_connector(settings: Settings, side: str) -> dict[str, Any]:
     if "{{" in text:
         raise ConnectError(f"connectors/{side}.json has an unknown {{{{placeholder}}}}")
     spec: dict[str, Any] = json.loads(text)
+    if server >= ORIGIN_FILTER_VERSION:
+        spec["config"]["slot.stream.params"] = "origin=none"
     return spec
 
 
@@ -176,7 +197,8 @@ class Worker:
     # Connectors.
     def register(self, side: str) -> None:
         """Creates the connector, or brings its config up to date (restarting it then)."""
-        spec = render_connector(self.settings, side)
+        db = self.settings.erp if side == "erp" else self.settings.crm
+        spec = render_connector(self.settings, side, server_version(db))
         url = f"{self.url}/connectors/{spec['name']}"
         try:
             current = http("GET", f"{url}/config", timeout=30)

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import psycopg
 
-from streams.core.topics import ensure_topics
 from streams.settings import Endpoint, Settings
 from streams.stack import install
 from streams.stack.connect import Worker as ConnectWorker
@@ -23,6 +22,7 @@ from streams.stack.connect import is_running, wait_streaming
 from streams.stack.kafka import Broker
 from streams.stack.postgres import Cluster
 from streams.stack.procs import StackError, port_open
+from streams.stack.topics import ensure_topics
 from streams.stack.worker_process import WorkerProcess
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from streams.apply.connections import ORIGIN_POOL, ORIGIN_SERVER_VERSION, origin_names
+from streams.core.model import Side
 from streams.secrets import Role, password, role_name, scram_verifier
 from streams.settings import Database, Settings
 from streams.stack.install import PG_USER, ensure_postgres
@@ -27,7 +29,8 @@ SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
     "wal_level": "logical",
     "max_wal_senders": "16",
-    "max_replication_slots": "16",
+    # Logical slots, and before PostgreSQL 18 also the replication origins the sink marks with.
+    "max_replication_slots": "64",
     # The conflict rule compares exact commit times of the changes that set each field.
     "track_commit_timestamp": "on",
     "max_connections": "200",
@@ -117,8 +120,8 @@ class Cluster:
 
     def _check_data_version(self) -> None:
         made_by = (self.data / "PG_VERSION").read_text().strip()
-        runs = run([str(self.bin / "postgres"), "--version"], "postgres --version").split()[-1]
-        if runs.split(".")[0] != made_by:
+        runs = self.major()
+        if str(runs) != made_by:
             raise StackError(
                 f"{self.db.title}'s data in {self.data} was made by PostgreSQL {made_by}, and this"
                 f" stack runs {runs}: move that directory away to start afresh, or upgrade it with"
@@ -139,9 +142,18 @@ class Cluster:
         if os.geteuid() == 0:
             _chown_postgres(target)
 
+    def major(self) -> int:
+        """The major version of the PostgreSQL this cluster runs."""
+        version = run([str(self.bin / "postgres"), "--version"], "postgres --version").split()[-1]
+        return int(version.split(".")[0])
+
     def write_config(self) -> None:
         self.write_hba()
         settings = dict(SERVER_SETTINGS)
+        if self.major() >= 18:
+            # The sink's sessions each mark their writes with a replication origin of a pool
+            # (streams/apply/connections.py), and each origin used keeps a state slot.
+            settings["max_active_replication_origins"] = str(2 * ORIGIN_POOL)
         settings["port"] = str(self.db.endpoint.port)
         settings["unix_socket_directories"] = f"'{self.socket_dir}'"
         lines = [f"{k} = {v if v.startswith(chr(39)) else repr(v)}" for k, v in settings.items()]
@@ -251,6 +263,11 @@ class Cluster:
                     (self.settings.slot_name(self.db.side),),
                 )
                 conn.execute("SELECT ofisync.grant_sync_roles(%s, %s)", roles)
+                if conn.info.server_version >= ORIGIN_SERVER_VERSION:
+                    conn.execute(
+                        "SELECT ofisync.prepare_origins(%s, %s)",
+                        (roles[0], origin_names(self.settings.tenant, Side(self.db.side))),
+                    )
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS ofisync.schema_version (version text NOT NULL)"
                 )

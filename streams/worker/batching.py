@@ -11,8 +11,11 @@ cost of a batch (a transaction of a dozen statements, a send per partition) is s
 
 Items are handed to `done` (which acknowledges them) in the order they came, and only after
 their work: offsets still move only past committed work, and a record's changes keep their order.
-Should the batcher itself stop on an error (in `done`, say), `on_failure` hears of it: left
-alone, its agent would stall unseen at the back-pressure limit.
+`put` never waits: it is called from the consumer's loop, which feeds every agent, and a batcher
+whose work waits (its database is down) must not hold the others back. Past `max_waiting` items
+it says so (`on_full`, which pauses fetching its topics), and once half of them are worked through
+it says that too (`on_room`). Should the batcher itself stop on an error (in `done`, say),
+`on_failure` hears of it: left alone, its agent would stall unseen.
 """
 
 from __future__ import annotations
@@ -40,26 +43,30 @@ class Batcher(Generic[T]):
         max_waiting: int,
         min_interval_s: float = 0.0,
         on_failure: Callable[[BaseException], None] | None = None,
+        on_full: Callable[[], None] | None = None,
+        on_room: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._work = work
         self._done = done
         self._max_batch = max_batch
-        self._max_waiting = max_waiting  # past this, `put` waits: the agent stops reading
+        self._max_waiting = max_waiting
         self._min_interval_s = min_interval_s
         self._on_failure = on_failure
+        self._on_full = on_full
+        self._on_room = on_room
         self._last_start = -min_interval_s
         self._waiting: list[T] = []
         self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self.full = False
 
-    async def put(self, item: T) -> None:
-        await self._room.wait()
+    def put(self, item: T) -> None:
         self._waiting.append(item)
         self._arrived.set()
         if len(self._waiting) >= self._max_waiting:
-            self._room.clear()
+            self.full = True
+            if self._on_full is not None:
+                self._on_full()  # again for each item past the limit: a rebalance may undo it
 
     def take(self) -> list[T]:
         """The next batch: the oldest waiting items, up to the limit."""
@@ -67,8 +74,10 @@ class Batcher(Generic[T]):
         del self._waiting[: self._max_batch]
         if not self._waiting:
             self._arrived.clear()
-        if len(self._waiting) < self._max_waiting:
-            self._room.set()
+        if self.full and len(self._waiting) <= self._max_waiting // 2:
+            self.full = False
+            if self._on_room is not None:
+                self._on_room()
         return batch
 
     async def run(self) -> None:

@@ -36,6 +36,19 @@ NOOPS = Counter(
     ["target"],
     registry=REGISTRY,
 )
+HELD = Counter(
+    "ofisync_held_back_total",
+    "Changes not applied because of the target record's state: paused (unchecked in OfiViaje),"
+    " flagged (deleted on the other side), gone (deleted on the target)",
+    ["target", "reason"],
+    registry=REGISTRY,
+)
+MATCHED = Counter(
+    "ofisync_matched_total",
+    "New records linked to one the target already had (same tax id or number) instead of created",
+    ["target"],
+    registry=REGISTRY,
+)
 CONFLICTS = Counter(
     "ofisync_conflicts_total",
     "Fields changed on both sides, resolved by policy",
@@ -125,6 +138,9 @@ for _stage in ("capture", "decode", "rules", "command", "apply"):
     DEAD_LETTERS.labels(_stage)
 for _side in ("erp", "crm"):
     CONFLICTS.labels(_side)
+    MATCHED.labels(_side)
+    for _reason in ("paused", "flagged", "gone"):
+        HELD.labels(_side, _reason)
     LOCK_VIOLATIONS.labels(_side)
     RETRIES.labels(_side)
     DEADLOCK_RETRIES.labels(_side)

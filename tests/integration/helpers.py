@@ -54,14 +54,16 @@ def one(dsn: str, sql: str, params: Any = None) -> Any:
 
 
 def ofisync(
-    *args: str, check: bool = True, timeout: float = 600
+    *args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Runs the `ofisync` command (`env`: variables over the test stack's)."""
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env=None if env is None else dict(os.environ) | env,
     )
     if check and done.returncode != 0:
         raise AssertionError(

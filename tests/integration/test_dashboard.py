@@ -134,7 +134,9 @@ def test_the_page_of_what_needs_a_person_lists_each_kind(stack: Stack) -> None:
         s["data-section"]: int(s["data-count"]) for s in page.all("section") if "data-section" in s
     }
     assert set(sections) == {
-        "unmapped", "dead_letters", "parked", "documents_failing", "conflicts", "lock_violations"
+        "unmapped", "dead_letters", "parked", "flagged_deleted", "documents_failing", "conflicts",
+        "lock_violations",
     }  # fmt: skip
     expected = web_json(stack.settings, "/dashboard/api/attention")
     assert sections["conflicts"] == len(expected["conflicts"])
+    assert sections["flagged_deleted"] == len(expected["flagged_deleted"])

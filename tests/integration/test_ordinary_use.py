@@ -27,8 +27,6 @@ from tests.integration.helpers import (
 
 SYNC_WINDOW = 15.0
 
-# Written before the fix: every case fails on the two-hop sink (each as issue 28 describes it).
-pytestmark = pytest.mark.xfail(strict=True, reason="issue 28: fixed by the one-hop sink")
 
 ERP_COLUMNS = [f.erp for f in CLIENT.fields]
 CRM_COLUMNS = [f.crm for f in CLIENT.fields]
@@ -246,13 +244,17 @@ def test_unchecking_a_client_stops_both_directions_and_verify_says_it_is_paused(
         for p in report["paused"]
     ), report["paused"]
     assert not any(d["erp_id"] == client for d in report["differences"])
-    # Checked again: OfiViaje's values go up, and nothing is created twice.
+    # Checked again: OfiViaje's values go up where they are the newer, the CRM's come down
+    # where they are (its phone, edited last); nothing is lost or created twice.
+    query(erp, "UPDATE clientes SET email = 'paused@erp.es' WHERE id = %s", (client,))
     query(erp, "UPDATE clientes SET sincronizar_crm = true WHERE id = %s", (client,))
     eventually(
-        lambda: one(crm, "SELECT phone FROM accounts WHERE id = %s", (account,)) == "111",
+        lambda: erp_values(erp, client) == crm_values(crm, account),
         SYNC_WINDOW,
-        "re-checked client pushed up",
+        "re-checked client in sync",
     )
+    assert one(crm, "SELECT phone FROM accounts WHERE id = %s", (account,)) == "crm-222"
+    assert one(crm, "SELECT email FROM accounts WHERE id = %s", (account,)) == "paused@erp.es"
     assert one(crm, "SELECT count(*) FROM accounts WHERE name = %s", (name,)) == 1
     assert one(erp, "SELECT count(*) FROM clientes WHERE nombre = %s", (name,)) == 1
 

@@ -69,7 +69,7 @@ async def test_every_item_is_acknowledged_once_in_order_after_its_work() -> None
     r = Recorder()
     async with batcher(r, max_batch=7).running() as b:
         for i in range(50):
-            await b.put(i)
+            b.put(i)
         await until(lambda: len(r.done) == 50)
     assert r.done == list(range(50))
     assert all(len(batch) <= 7 for batch in r.batches)
@@ -80,10 +80,10 @@ async def test_a_lone_item_goes_at_once_and_items_arriving_meanwhile_join_the_ne
     r = Recorder()
     async with batcher(r).running() as b:
         r.release.clear()
-        await b.put(0)
+        b.put(0)
         await until(r.started.is_set)  # the first batch is being worked on: it holds item 0 alone
         for i in range(1, 20):
-            await b.put(i)
+            b.put(i)
         r.release.set()
         await until(lambda: len(r.done) == 20)
     assert r.batches == [[0], list(range(1, 20))]
@@ -101,27 +101,35 @@ async def test_batches_start_at_most_every_min_interval() -> None:
     b = Batcher("test", timed, r.ack, 100, 1000, 0.05)
     async with b.running():
         for count in (1, 2, 3):
-            await b.put(count)
+            b.put(count)
             await until(functools.partial(lambda n: len(r.done) == n, count))
     assert all(later - earlier >= 0.049 for earlier, later in itertools.pairwise(starts))
 
 
 @run
-async def test_put_waits_while_too_many_items_wait() -> None:
+async def test_past_its_limit_it_says_it_is_full_and_at_half_that_it_has_room() -> None:
+    """`put` never waits (the consumer's loop feeds every agent): the batcher says when too many
+    items wait, so its topics stop being fetched, and when there is room again."""
     r = Recorder()
-    async with batcher(r, max_batch=2, max_waiting=4).running() as b:
+    said: list[str] = []
+    b = Batcher(
+        "test", r.work, r.ack, 2, 4, on_full=lambda: said.append("full"),
+        on_room=lambda: said.append("room"),
+    )  # fmt: skip
+    async with b.running():
         r.release.clear()
-        await b.put(0)
+        b.put(0)
         await until(r.started.is_set)
-        for i in range(1, 5):
-            await b.put(i)
-        blocked = asyncio.ensure_future(b.put(5))
-        await asyncio.sleep(0)
-        assert not blocked.done()  # four wait: the agent stops reading
+        for i in range(1, 4):
+            b.put(i)
+        assert said == [] and not b.full  # three wait: under the limit
+        b.put(4)
+        b.put(5)  # past it, each item says so again (a rebalance may have resumed the fetch)
+        assert said == ["full", "full"] and b.full
         r.release.set()
-        await asyncio.wait_for(blocked, DEADLINE_S)
         await until(lambda: len(r.done) == 6)
-    assert r.done == list(range(6))
+    assert r.done == list(range(6))  # nothing was refused
+    assert said == ["full", "full", "room"] and not b.full
 
 
 @run
@@ -132,7 +140,7 @@ async def test_a_batch_whose_work_fails_is_tried_again_not_acknowledged(
     r = Recorder()
     r.failures = 2
     async with batcher(r).running() as b:
-        await b.put(1)
+        b.put(1)
         await until(lambda: r.done == [1])
     assert r.batches == [[1]]
 
@@ -147,6 +155,6 @@ async def test_a_batcher_that_stops_on_an_error_says_so() -> None:
 
     b = Batcher("test", r.work, broken_ack, 100, 1000, on_failure=failures.append)
     async with b.running():
-        await b.put(1)
+        b.put(1)
         await until(lambda: bool(failures))
     assert str(failures[0]) == "the acknowledgement broke"

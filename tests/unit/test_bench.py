@@ -24,7 +24,7 @@ from ofisync_tools.bench import (
     stats,
     table_rows,
 )
-from ofisync_tools.bench_load import Change, Landing, Lane, Route, Values, tag, tag_of
+from ofisync_tools.bench_load import Change, Landing, Lane, Route, Values, bookkeeping, tag, tag_of
 from ofisync_tools.machine_time import ENGINES
 from streams.core.model import Side
 
@@ -257,3 +257,21 @@ def test_the_machine_table_shows_each_engine_that_used_time_per_system() -> None
         ["", "native", "%", "400", "0", "0", "0"],
         ["", "", "µs", "", "0", "0", "0"],
     ]  # the other scenarios measured nothing (or were skipped)
+
+
+def test_the_rows_written_per_change_besides_the_target_row() -> None:
+    before = {
+        "erp": {"public.clientes": 100, "ofisync.parked": 5},
+        "crm": {"public.accounts": 40, "ofisync.conflicts": 1},
+    }
+    after = {
+        "erp": {"public.clientes": 103, "ofisync.parked": 6},  # 3 link-backs, 1 parked
+        "crm": {"public.accounts": 240, "ofisync.conflicts": 3, "ofisync.new": 2},
+    }
+    found = bookkeeping(before, after, Side.CRM, changes=200)
+    assert found == {"target_rows_per_change": 1.0, "other_rows_per_change": 0.04}
+    # Seen from the other side, OfiViaje's rows are the target's and the CRM's the source's.
+    assert bookkeeping(before, after, Side.ERP, changes=100) == {
+        "target_rows_per_change": 0.03,
+        "other_rows_per_change": 2.05,
+    }

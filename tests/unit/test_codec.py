@@ -5,15 +5,17 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import fastavro
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.core import codec
-from streams.core.model import Command, CommandOp, FieldValue, Side
+from streams.core.model import Canonical, Command, CommandOp, FieldValue, Side
 
 canonical = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(2**63), 2**63 - 1))
 
@@ -58,7 +60,7 @@ def test_a_batch_round_trip_keeps_every_value_and_its_type(batch: list[list[Any]
     commands = [
         _command(n, tuple(FieldValue(*v) for v in values)) for n, values in enumerate(batch)
     ]
-    back = codec.decode_all(codec.encode_batch(commands))
+    back = codec.decode_all(_v6(commands))
     assert back == commands
     for cmd, read in zip(commands, back, strict=True):
         assert [(type(v.before), type(v.after)) for v in cmd.values] == [
@@ -68,7 +70,7 @@ def test_a_batch_round_trip_keeps_every_value_and_its_type(batch: list[list[Any]
 
 def test_equal_values_of_different_types_keep_their_before() -> None:
     values = (FieldValue("vip", 1, True, False), FieldValue("city", "Lugo", "Lugo", False))
-    (back,) = codec.decode_all(codec.encode_batch([_command(1, values)]))
+    (back,) = codec.decode_all(_v6([_command(1, values)]))
     assert type(back.values[0].before) is int and back.values[1].before == "Lugo"
 
 
@@ -82,7 +84,7 @@ def test_a_version_4_batch_decodes_to_the_same_commands() -> None:
 def _columns(cmd: Command) -> dict[str, Any]:
     """A command as a v5 batch wrote it: values as parallel arrays, a before where it differs."""
     values = cmd.values
-    before_at = codec._before_at([v.before for v in values], [v.after for v in values])
+    before_at = _before_at([v.before for v in values], [v.after for v in values])
     return codec._about(cmd) | {
         "fields": [v.field for v in values],
         "after": [v.after for v in values],
@@ -102,13 +104,13 @@ def test_a_version_5_batch_decodes_to_the_same_commands() -> None:
 def test_a_frame_names_each_list_of_columns_once() -> None:
     client = (FieldValue("name", "a", "b", True), FieldValue("city", "Vigo", "Vigo", False))
     other = (FieldValue("title", None, "t", True),)
-    frame = codec._framed([_command(1, client), _command(2, other), _command(3, client)])
+    frame = _framed([_command(1, client), _command(2, other), _command(3, client)])
     assert frame["field_sets"] == [["name", "city"], ["title"]]
     assert [c["fields_at"] for c in frame["commands"]] == [0, 1, 0]
 
 
 def test_a_batch_whose_value_arrays_disagree_is_a_codec_error() -> None:
-    frame = codec._framed([_command(1, (FieldValue("name", "a", "b", True),))])
+    frame = _framed([_command(1, (FieldValue("name", "a", "b", True),))])
     (good,) = frame["commands"]
     broken_parts: list[dict[str, Any]] = [
         {"after": b"[]"},
@@ -126,6 +128,41 @@ def test_a_batch_whose_value_arrays_disagree_is_a_codec_error() -> None:
             codec.decode_all(codec._frame(codec.latest_version(batch=True), body))
 
 
+def _before_at(befores: Sequence[Canonical], afters: Sequence[Canonical]) -> list[int]:
+    """The positions whose value before differs from the value after."""
+    return [
+        i
+        for i, (before, after) in enumerate(zip(befores, afters, strict=True))
+        if before is not after
+        and (before != after or type(before) is not type(after))  # 1 == True, and more
+    ]
+
+
+def _framed(commands: Sequence[Command]) -> dict[str, Any]:
+    """A v6 batch as the two-hop worker wrote it: each command's target columns named once
+    per frame, its values in JSON."""
+    field_sets: dict[tuple[str, ...], int] = {}
+    records = []
+    for cmd in commands:
+        fields = tuple(v.field for v in cmd.values)
+        befores = [v.before for v in cmd.values]
+        afters = [v.after for v in cmd.values]
+        changed = [v.changed for v in cmd.values]
+        before_at = _before_at(befores, afters)
+        record = codec._about(cmd)
+        record["fields_at"] = field_sets.setdefault(fields, len(field_sets))
+        record["after"] = orjson.dumps(afters)
+        record["changed"] = changed
+        record["before_at"] = before_at
+        record["before"] = orjson.dumps([befores[i] for i in before_at])
+        records.append(record)
+    return {"field_sets": [list(fields) for fields in field_sets], "commands": records}
+
+
+def _v6(commands: Sequence[Command]) -> bytes:
+    return codec._frame(6, _framed(commands))
+
+
 def _command(n: int, values: tuple[FieldValue, ...]) -> Command:
     return Command(Side.ERP, "client", CommandOp.UPSERT, str(n), None, n, n, False, values)
 
@@ -136,10 +173,10 @@ def test_a_batch_keeps_its_commands_in_order_and_one_command_frames_still_decode
                 (FieldValue("name", None, f"n{n}", True),))
         for n in range(5)
     ]  # fmt: skip
-    assert codec.decode_all(codec.encode_batch(commands)) == commands
+    assert codec.decode_all(_v6(commands)) == commands
     assert codec.decode_all(codec.encode(commands[0])) == commands[:1]
     with pytest.raises(codec.CodecError, match="expected one command"):
-        codec.decode(codec.encode_batch(commands))
+        codec.decode(_v6(commands))
 
 
 def test_newest_schema_has_defaults_for_every_added_field() -> None:

@@ -291,8 +291,13 @@ def test_the_templates_render_with_the_production_values() -> None:
     settings = production_settings()
     assert settings.replication_factor == 3
     for side, db in zip(register.SIDES, settings.databases, strict=True):
-        spec = render_connector(settings, side)
+        spec = render_connector(settings, side, 180007)
         config = spec["config"]
+        assert config["slot.stream.params"] == "origin=none"  # 16+: the server drops echoes
+        older = render_connector(settings, side, 150018)["config"]
+        assert "slot.stream.params" not in older  # 15 rejects the option: echoes come, marked
+        assert {k: v for k, v in config.items() if k != "slot.stream.params"} == older
+        assert "slot.stream.params" in render_connector(settings, side, 160000)["config"]
         assert "{{" not in json.dumps(spec)
         assert spec["name"] == settings.connector_name(side)
         assert config["topic.creation.default.replication.factor"] == "3"

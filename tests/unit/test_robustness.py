@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from streams.core.conflicts import Current, Incoming, Policy, decide
 from streams.core.contract import ENTITIES
-from streams.core.decode import DecodeError, Ignored
+from streams.core.decode import DecodeError, Ignored, decode
 from streams.core.mapping import CRM_CONFIG_TABLES, ERP_CONFIG_TABLES, Mapping
 from streams.core.model import ChangeEvent, Command, Op, Side, Via
-from streams.core.routing import Echo, route
+from streams.core.routing import Echo, replayed, route
 from streams.core.rules import Invalid, Skip, to_command
 
 canonical = st.one_of(
@@ -84,8 +84,16 @@ def test_no_envelope_crashes_the_capture_step(
         "source": {"schema": "public", "table": table, "lsn": 5, "ts_us": 7},
     }
     key = json.dumps({"id": 1}).encode()
-    outcome = route(f"t.{side}.public.{table}", key, json.dumps(envelope).encode(), "t", replay)
-    assert isinstance(outcome, Command | Skip | Invalid | DecodeError | Ignored | Echo)
+    topic, value = f"t.{side}.public.{table}", json.dumps(envelope).encode()
+    if not replay:
+        outcome = route(topic, key, value, "t")
+        assert isinstance(outcome, Command | Skip | Invalid | DecodeError | Ignored | Echo)
+        return
+    event = decode(topic, key, value, "t")
+    if isinstance(event, ChangeEvent):
+        found = replayed(event)
+        assert isinstance(found, list | Skip | Invalid | DecodeError | Ignored | Echo)
+        assert not isinstance(found, list) or all(c.replay for c in found)
 
 
 @given(

@@ -1,21 +1,35 @@
-"""Command partitioning: a command goes to the partition number of the change it came from."""
+"""Topic names: each direction reads only what its side captures, the tenant in every name."""
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from streams.core.topics import command_partition
+from streams.core.model import Side
+from streams.core.topics import Topics
 
 
-@given(st.integers(min_value=1, max_value=64))
-def test_with_equal_counts_a_command_keeps_its_changes_partition(n: int) -> None:
-    # Faust assigns equal partition numbers of topics with equal counts to one worker: the
-    # worker that captured a change applies its command.
-    assert [command_partition(p, n) for p in range(n)] == list(range(n))
+def test_each_direction_reads_the_synced_tables_its_side_captures() -> None:
+    topics = Topics("agencia")
+    assert topics.captured_from(Side.ERP) == [
+        "agencia.erp.public.billetes",  # PNR captures zero placeholders
+        "agencia.erp.public.clientes",
+        "agencia.erp.public.documentos",
+        "agencia.erp.public.expedientes",
+    ]
+    assert topics.captured_from(Side.CRM) == [
+        "agencia.crm.public.accounts",
+        "agencia.crm.public.files",
+        "agencia.crm.public.segments",
+    ]
+    assert set(topics.captured_entities()) == {
+        *topics.captured_from(Side.ERP),
+        *topics.captured_from(Side.CRM),
+    }
 
 
-@given(st.integers(min_value=0, max_value=255), st.integers(min_value=1, max_value=64))
-def test_any_captured_partition_maps_to_one_existing_command_partition(p: int, m: int) -> None:
-    # More captured partitions than command partitions (topics grown apart) still map onto them.
-    assert 0 <= command_partition(p, m) < m
+def test_the_configuration_is_not_a_direction_and_every_topic_is_created() -> None:
+    topics = Topics("agencia")
+    assert not set(topics.configuration()) & set(topics.captured_entities())
+    assert set(topics.all()) >= {*topics.captured_entities(), *topics.configuration()}
+    assert {topics.commands(Side.ERP), topics.commands(Side.CRM), topics.dead_letters} <= set(
+        topics.all()
+    )
+    assert all(name.startswith("agencia.") for name in topics.all())

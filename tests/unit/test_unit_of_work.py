@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.apply.unit_of_work import _json, row_columns, too_long
+from streams.apply.statements import _json, row_columns
+from streams.apply.unit_of_work import too_long
 from streams.core.contract import CLIENT, FILE, SEGMENT
 from streams.core.model import Kind, Side, to_db
 

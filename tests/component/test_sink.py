@@ -1,0 +1,353 @@
+"""The sink against real PostgreSQL, called directly: positions, clocks and conflicts, flags,
+pauses, values too long, history, alignment."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+
+from streams.apply.results import BatchResult
+from streams.apply.sink import Sink
+from streams.core.conflicts import Policy
+from streams.core.model import Command, CommandOp, Side
+from streams.settings import Settings
+from tests.component.conftest import sink_for
+from tests.component.helpers import command, linked_client, one, query, run, skipped, tag, write
+
+
+def sinks_for(settings: Settings, policy: Policy = Policy.LATER_WINS) -> dict[Side, Sink]:
+    return {side: sink_for(settings, side, policy) for side in Side}
+
+
+async def close(sinks: dict[Side, Sink]) -> None:
+    for sink in sinks.values():
+        await sink.close()
+
+
+def erp_update(settings: Settings, client: int, column: str, value: object) -> Command:
+    return command(
+        write(
+            settings, Side.ERP, "client",
+            f"UPDATE clientes SET {column} = %s WHERE id = %s", (value, client), client,
+        )
+    )  # fmt: skip
+
+
+def crm_update(settings: Settings, account: int, column: str, value: object) -> Command:
+    return command(
+        write(
+            settings, Side.CRM, "client",
+            f"UPDATE accounts SET {column} = %s WHERE id = %s", (value, account), account,
+        )
+    )  # fmt: skip
+
+
+def erp_field(settings: Settings, client: int, column: str) -> object:
+    return one(settings, Side.ERP, f"SELECT {column} FROM clientes WHERE id = %s", (client,))
+
+
+def crm_field(settings: Settings, account: int, column: str) -> object:
+    return one(settings, Side.CRM, f"SELECT {column} FROM accounts WHERE id = %s", (account,))
+
+
+@run
+async def test_a_change_applied_twice_is_applied_once(databases: Settings) -> None:
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"twice {tag()}")
+    change = erp_update(databases, client, "telefono", "111")
+    first = await sinks[Side.CRM].apply([change])
+    again = await sinks[Side.CRM].apply([change])
+    assert len(first.applied) == 1 and again.duplicates == 1 and not again.applied
+    row = query(
+        databases, Side.CRM,
+        "SELECT phone, ofisync_applied_lsn, ofisync_clocks->>'phone' FROM accounts WHERE id = %s",
+        (account,),
+    )  # fmt: skip
+    assert row == [("111", change.lsn, f"t:{change.commit_us}")]
+    # A change older than the row's position (redelivered after a later one) is a duplicate too.
+    later = erp_update(databases, client, "telefono", "222")
+    await sinks[Side.CRM].apply([later])
+    stale = await sinks[Side.CRM].apply([change])
+    assert stale.duplicates == 1 and crm_field(databases, account, "phone") == "222"
+    await close(sinks)
+
+
+@run
+async def test_a_row_changed_while_the_sink_waited_for_its_lock_is_decided_with_its_own_clock(
+    databases: Settings,
+) -> None:
+    """Issue 28, case 1: the CRM holds the row in a long transaction and commits after OfiViaje's
+    edit of the same field; the sink, blocked on that row, must see the CRM's commit time."""
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"race {tag()}")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)
+
+    crm_late = asyncio.create_task(
+        asyncio.to_thread(
+            write, databases, Side.CRM, "client",
+            "UPDATE accounts SET notes = 'late' WHERE id = %s", (account,), account, hold,
+        )
+    )  # fmt: skip
+    await asyncio.to_thread(held.wait, 10)
+    erp_early = erp_update(databases, client, "observaciones", "early")
+    applying = asyncio.create_task(sinks[Side.CRM].apply([erp_early]))
+    await asyncio.sleep(0.5)
+    assert not applying.done()  # waiting for the CRM's row lock
+    release.set()
+    crm_change = command(await crm_late)
+    at_crm: BatchResult = await applying
+    at_erp = await sinks[Side.ERP].apply([crm_change])
+    assert crm_change.commit_us > erp_early.commit_us
+    assert crm_field(databases, account, "notes") == "late"
+    assert erp_field(databases, client, "observaciones") == "late"
+    assert at_crm.conflicts == 1 and at_erp.conflicts == 1
+    recorded = query(
+        databases, Side.CRM,
+        "SELECT winner, local_commit_us FROM ofisync.conflicts WHERE target_key = %s",
+        (str(account),),
+    )  # fmt: skip
+    assert recorded == [("local", crm_change.commit_us)]
+    # Decided again (a redelivery), the conflict is not recorded twice.
+    await sinks[Side.CRM].apply([replace(erp_early, lsn=erp_early.lsn + 1)])
+    assert one(
+        databases, Side.CRM,
+        "SELECT count(*) FROM ofisync.conflicts WHERE target_key = %s", (str(account),),
+    ) == 1  # fmt: skip
+    await close(sinks)
+
+
+@run
+async def test_an_undone_edit_is_still_concurrent_with_the_other_side_s_change(
+    databases: Settings,
+) -> None:
+    """The CRM goes b and back to a while OfiViaje's a→e is on its way: same value, another
+    version. Under OfiViaje-wins OfiViaje's value lands; judged by value alone it would too, but
+    the CRM's own last edit (a, based on b) must then lose at OfiViaje."""
+    sinks = sinks_for(databases, Policy.ERP_WINS)
+    client, account = await linked_client(databases, sinks, f"aba {tag()}")
+    to_crm = erp_update(databases, client, "email", "e@erp")
+    b = crm_update(databases, account, "email", "b@crm")
+    a = crm_update(databases, account, "email", None)
+    assert (await sinks[Side.CRM].apply([to_crm])).conflicts == 1
+    await sinks[Side.ERP].apply([b, a])
+    assert erp_field(databases, client, "email") == crm_field(databases, account, "email")
+    assert erp_field(databases, client, "email") == "e@erp"
+    await close(sinks)
+
+
+@run
+async def test_a_record_deleted_on_the_other_side_stays_out_until_a_person_relinks_it(
+    databases: Settings,
+) -> None:
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"gone {tag()}")
+    deleted = write(
+        databases, Side.ERP, "client", "DELETE FROM clientes WHERE id = %s", (client,), client
+    )
+    await sinks[Side.CRM].apply([command(deleted)])
+    assert query(
+        databases, Side.CRM,
+        "SELECT erp_id, ofisync_deleted_at IS NOT NULL, ofisync_unlinked_from FROM accounts"
+        " WHERE id = %s", (account,),
+    ) == [(None, True, client)]  # fmt: skip
+    # The CRM edits it: the change does not cross.
+    edit = write(
+        databases, Side.CRM, "client",
+        "UPDATE accounts SET email = 'x@gone' WHERE id = %s", (account,), account,
+    )  # fmt: skip
+    assert "clear its ofisync_deleted_at" in skipped(edit).reason
+    # An OfiViaje change on its way when the client was deleted finds the row flagged.
+    late = replace(command(deleted), op=CommandOp.UPSERT, values=(), lsn=deleted.lsn + 1)
+    assert (await sinks[Side.CRM].apply([late])).flagged == 1
+    # A person clears the flag: it crosses as a new client.
+    relinked = write(
+        databases, Side.CRM, "client",
+        "UPDATE accounts SET ofisync_deleted_at = NULL WHERE id = %s", (account,), account,
+    )  # fmt: skip
+    again = command(relinked)
+    assert again.full and again.link_key is None
+    assert one(databases, Side.CRM, "SELECT ofisync_unlinked_from FROM accounts WHERE id = %s",
+               (account,)) is None  # fmt: skip
+    result = await sinks[Side.ERP].apply([again])
+    assert len(result.applied) == 1 and result.links
+    new_client = crm_field(databases, account, "erp_id")
+    assert new_client not in (None, client)
+    assert erp_field(databases, int(str(new_client)), "email") == "x@gone"
+    await close(sinks)
+
+
+@run
+async def test_a_replay_of_a_record_whose_pair_was_deleted_since_recreates_nothing(
+    databases: Settings,
+) -> None:
+    """The CRM deleted the account; OfiViaje's client is flagged (a write of the sync, never
+    captured). Replaying the client's history must not create a new account."""
+    sinks = sinks_for(databases)
+    created = write(
+        databases, Side.ERP, "client",
+        "INSERT INTO clientes (nombre, sincronizar_crm) VALUES (%s, true) RETURNING id",
+        (f"pair gone {tag()}",),
+    )  # fmt: skip
+    await sinks[Side.CRM].apply([command(created)])
+    client = int(created.key)
+    account = int(str(erp_field(databases, client, "crm_id")))
+    deleted = write(
+        databases, Side.CRM, "client", "DELETE FROM accounts WHERE id = %s", (account,), account
+    )
+    await sinks[Side.ERP].apply([command(deleted)])
+    assert erp_field(databases, client, "crm_id") is None
+    result = await sinks[Side.CRM].apply([replace(command(created), replay=True)])
+    assert result.flagged == 1 and not result.links
+    assert one(databases, Side.CRM, "SELECT count(*) FROM accounts WHERE erp_id = %s",
+               (client,)) == 0  # fmt: skip
+    await close(sinks)
+
+
+@run
+async def test_a_change_for_a_record_deleted_here_meanwhile_recreates_nothing(
+    databases: Settings,
+) -> None:
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"meanwhile {tag()}")
+    on_its_way = crm_update(databases, account, "city", "Ávila")
+    query(databases, Side.ERP, "DELETE FROM clientes WHERE id = %s", (client,))
+    result = await sinks[Side.ERP].apply([on_its_way])
+    assert result.gone == 1 and not result.applied
+    assert one(databases, Side.ERP, "SELECT count(*) FROM clientes WHERE crm_id = %s",
+               (account,)) == 0  # fmt: skip
+    await close(sinks)
+
+
+@run
+async def test_an_unchecked_client_takes_nothing_from_the_crm(databases: Settings) -> None:
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"paused {tag()}")
+    unchecked = write(
+        databases, Side.ERP, "client",
+        "UPDATE clientes SET sincronizar_crm = false, telefono = '111' WHERE id = %s",
+        (client,), client,
+    )  # fmt: skip
+    assert "not checked" in skipped(unchecked).reason
+    result = await sinks[Side.ERP].apply([crm_update(databases, account, "phone", "crm-222")])
+    assert result.paused == 1
+    assert erp_field(databases, client, "telefono") == "111"
+    assert erp_field(databases, client, "crm_id") == account  # the link stays
+    await close(sinks)
+
+
+@run
+async def test_a_value_too_long_is_held_back_alone_and_its_retry_lands_the_latest(
+    databases: Settings,
+) -> None:
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"long {tag()}")
+    change = command(
+        write(
+            databases, Side.CRM, "client",
+            "UPDATE accounts SET phone = repeat('9', 35), email = 'short@x.es' WHERE id = %s",
+            (account,), account,
+        )
+    )  # fmt: skip
+    result = await sinks[Side.ERP].apply([change])
+    assert erp_field(databases, client, "email") == "short@x.es"
+    ((held, reason),) = result.dead
+    assert [v.field for v in held.values] == ["telefono"]
+    assert reason == (
+        "clientes.telefono holds 30 characters, the value has 35: shorten it at the source"
+    )
+    fixed = crm_update(databases, account, "phone", "12345")
+    await sinks[Side.ERP].apply([fixed])
+    retried = await sinks[Side.ERP].apply([replace(held, replay=True)])
+    assert not retried.dead and retried.conflicts == 0
+    assert erp_field(databases, client, "telefono") == "12345"
+    await close(sinks)
+
+
+@run
+async def test_history_older_than_the_target_changes_nothing_and_records_no_conflict(
+    databases: Settings,
+) -> None:
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"history {tag()}")
+    old = erp_update(databases, client, "movil", "600")
+    await sinks[Side.CRM].apply([old])
+    newer = crm_update(databases, account, "mobile", "700")
+    await sinks[Side.ERP].apply([newer])
+    before = query(databases, Side.CRM, "SELECT * FROM accounts WHERE id = %s", (account,))
+    result = await sinks[Side.CRM].apply([replace(old, replay=True)])
+    assert result.noops == 1 and result.conflicts == 0
+    assert query(databases, Side.CRM, "SELECT * FROM accounts WHERE id = %s", (account,)) == before
+    await close(sinks)
+
+
+@run
+async def test_a_replayed_create_over_newer_values_touches_neither_side(
+    databases: Settings,
+) -> None:
+    """History: the create's values are older than both sides' now; nothing is written, and the
+    source is not aligned either (a replay changes nothing)."""
+    sinks = sinks_for(databases)
+    created = write(
+        databases, Side.ERP, "client",
+        "INSERT INTO clientes (nombre, telefono, sincronizar_crm) VALUES (%s, '1', true)"
+        " RETURNING id", (f"replayed {tag()}",),
+    )  # fmt: skip
+    await sinks[Side.CRM].apply([command(created)])
+    client = int(created.key)
+    account = int(str(erp_field(databases, client, "crm_id")))
+    await sinks[Side.CRM].apply([erp_update(databases, client, "telefono", "2")])
+    await sinks[Side.ERP].apply([crm_update(databases, account, "phone", "3")])
+    rows = [
+        query(databases, Side.ERP, "SELECT * FROM clientes WHERE id = %s", (client,)),
+        query(databases, Side.CRM, "SELECT * FROM accounts WHERE id = %s", (account,)),
+    ]
+    result = await sinks[Side.CRM].apply([replace(command(created), replay=True)])
+    assert not result.aligns and result.conflicts == 0
+    assert rows == [
+        query(databases, Side.ERP, "SELECT * FROM clientes WHERE id = %s", (client,)),
+        query(databases, Side.CRM, "SELECT * FROM accounts WHERE id = %s", (account,)),
+    ]
+    await close(sinks)
+
+
+@run
+async def test_a_full_push_that_meets_a_newer_value_leaves_it_and_aligns_the_source(
+    databases: Settings,
+) -> None:
+    """Checked again after a pause: OfiViaje's values go up where they are newer; where the
+    CRM's are, OfiViaje takes them (ALIGN), with the CRM's clocks."""
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"recheck {tag()}")
+    write(
+        databases, Side.ERP, "client",
+        "UPDATE clientes SET sincronizar_crm = false, email = 'old@erp' WHERE id = %s",
+        (client,), client,
+    )  # fmt: skip
+    crm_update(databases, account, "phone", "crm-newer")  # skipped while paused: not applied
+    rechecked = command(
+        write(
+            databases, Side.ERP, "client",
+            "UPDATE clientes SET sincronizar_crm = true WHERE id = %s", (client,), client,
+        )
+    )  # fmt: skip
+    assert rechecked.full
+    result = await sinks[Side.CRM].apply([rechecked])
+    assert crm_field(databases, account, "email") == "old@erp"
+    assert crm_field(databases, account, "phone") == "crm-newer"
+    (align,) = result.aligns
+    assert align.op is CommandOp.ALIGN and [v.field for v in align.values] == ["telefono"]
+    await sinks[Side.ERP].apply(result.aligns)
+    assert erp_field(databases, client, "telefono") == "crm-newer"
+    clocks = [
+        one(databases, side, f"SELECT ofisync_clocks->>'{c}' FROM {t} WHERE id = %s", (i,))
+        for side, t, c, i in (
+            (Side.ERP, "clientes", "telefono", client), (Side.CRM, "accounts", "phone", account)
+        )
+    ]  # fmt: skip
+    assert clocks[0] == clocks[1] is not None  # one version of the field on both sides
+    await close(sinks)
