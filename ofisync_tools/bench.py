@@ -441,9 +441,16 @@ class Bench:
         )
 
     def _client_rows(self, n: int, notes: str) -> list[tuple[Any, ...]]:
+        """`n` clients with realistic values, each with a tax id of its own: the sync links a new
+        client to one the other side has with the same tax id, and a pool of values reused would
+        make them all ambiguous."""
         assert self.values is not None
         pool = self.values.clients
-        return [(*pool[i % len(pool)][:12], notes) for i in range(n)]
+        return [
+            (pool[i % len(pool)][0], f"BX{self.run_id}{i:07d}"[:20], *pool[i % len(pool)][2:12],
+             notes)
+            for i in range(n)
+        ]  # fmt: skip
 
     def _linked_pairs(self) -> list[Pair]:
         """The bench clients linked both ways: (OfiViaje id, CRM id)."""
@@ -817,8 +824,10 @@ class Bench:
                         out["capture_s"] = await self._captured(topic, before, n, started)
                 finally:
                     resume_what = "restart the worker" if ours else "enable the subscription"
+                    with self.ui.step(f"catch-up, {route.system}: statistics settle"):
+                        await asyncio.sleep(STATS_SETTLE_S)  # the backlog's own writes counted
+                        writes = await asyncio.to_thread(table_writes, self.settings)
                     drained.reset()  # the window: from the restart until drained
-                    writes = await asyncio.to_thread(table_writes, self.settings)
                     with self.ui.step(f"catch-up, {route.system}: {resume_what}"):
                         resumed = time.time()
                         if ours:

@@ -42,12 +42,12 @@ def _fill(target: Settings, clients: int, files: int) -> None:
         erp.execute(
             "INSERT INTO clientes (id, nombre, nif, telefono, email, sincronizar_crm)"
             " SELECT g, 'Cliente ' || g, 'B' || lpad(g::text, 8, '0'), '600' || g,"
-            "  'c' || g || '@ov.es', g % 3 <> 0 FROM generate_series(1, %s) g",
+            "  'c' || g || '@ov.es', g %% 3 <> 0 FROM generate_series(1, %s) g",
             (clients,),
         )
         erp.execute(
             "INSERT INTO expedientes (id, numero, cliente_id, descripcion)"
-            " SELECT g, 'N' || g, (g - 1) % %s + 1, 'Viaje ' || g FROM generate_series(1, %s) g",
+            " SELECT g, 'N' || g, (g - 1) %% %s + 1, 'Viaje ' || g FROM generate_series(1, %s) g",
             (clients, files),
         )
         erp.execute("SELECT setval('clientes_id_seq', %s), setval('expedientes_id_seq', %s)",
@@ -64,8 +64,8 @@ def _fill(target: Settings, clients: int, files: int) -> None:
         )
         crm.execute(
             "INSERT INTO files (id, file_number, account_id, title)"
-            " SELECT g, CASE WHEN (g - 1) % %(clients)s + 1 <= %(paired)s THEN 'N' || g"
-            "   ELSE 'CRM-' || g END, (g - 1) % %(clients)s + 1, 'Oportunidad ' || g"
+            " SELECT g, CASE WHEN (g - 1) %% %(clients)s + 1 <= %(paired)s THEN 'N' || g"
+            "   ELSE 'CRM-' || g END, (g - 1) %% %(clients)s + 1, 'Oportunidad ' || g"
             " FROM generate_series(1, %(files)s) g",
             {"clients": clients, "paired": paired, "files": files},
         )

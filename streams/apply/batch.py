@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from streams.apply import documents, ownership, parking
+from streams.apply.connections import keep_commit_time
 from streams.apply.parking import RecordKey, Waiting
 from streams.apply.reapply import reapply
 from streams.apply.records import Duplicate, Held, Records, Rejected
@@ -68,6 +69,7 @@ class BatchTransaction:
     async def run(self, commands: Sequence[Command], parked: Mapping[int, int]) -> BatchResult:
         """Applies `commands` (`parked`: id(command) → its parked row, for released ones)."""
         async with self.conn.transaction():
+            await keep_commit_time(self.conn)
             self.waiting = await _waiting(self.conn, commands, parked.values())
             writes = [c for c in commands if row_write(c) or c.op is CommandOp.REAPPLY]
             self.flagged_at_source = await self._flagged_at_source(commands)

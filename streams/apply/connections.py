@@ -6,8 +6,11 @@ tells the trigger a write is not a person's). On PostgreSQL 16+ the session also
 replication origin of its own, so its transactions are never sent to Debezium at all
 (`origin=none`): each connection takes a free one from the pool the admin step created
 (`<tenant>_<side>_sink_<n>`, `origins`), skipping those that other sessions, or backends still
-dying, hold. `pg_replication_origin_xact_setup` is never used: it would replace the commit
-timestamp the conflict rule reads.
+dying, hold. A session's origin also fixes the commit timestamp of all its transactions to that of
+its first one (PostgreSQL keeps the origin timestamp for the session); each write transaction
+therefore first sets it back to none (`keep_commit_time`), so a row the sync writes carries the
+real time of its commit. The conflict rule never reads those times (the sync stamps the clocks of
+what it writes itself), but people and the benchmark do.
 
 A person's write made on a person's behalf (checking a parent's box, so that it crosses) goes
 through a session without either mark, and never shares a transaction with marked writes: the
@@ -16,6 +19,7 @@ origin filter takes a transaction whole.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import psycopg
@@ -40,6 +44,18 @@ async def connect(dsn: str, name: str) -> psycopg.AsyncConnection[Any]:
     return conn
 
 
+# Origin timestamp 0 (2000-01-01, PostgreSQL's epoch) is "none": the commit takes its own time.
+_KEEP_COMMIT_TIME = "SELECT pg_replication_origin_xact_setup('0/0', '2000-01-01 00:00:00+00')"
+_with_origin: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
+
+
+async def keep_commit_time(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Inside a write transaction of a session marked with a replication origin: its commit
+    timestamp is the commit's own (see the module docstring)."""
+    if conn in _with_origin:
+        await conn.execute(_KEEP_COMMIT_TIME)
+
+
 async def mark_as_sync(conn: psycopg.AsyncConnection[Any], origins: list[str]) -> str | None:
     """Marks every later write of `conn` as the sync's own; on 16+ with a replication origin,
     whose name it returns."""
@@ -54,6 +70,7 @@ async def mark_as_sync(conn: psycopg.AsyncConnection[Any], origins: list[str]) -
         try:
             await conn.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
             await conn.commit()
+            _with_origin.add(conn)
             return name
         except psycopg.errors.ObjectInUse:
             await conn.rollback()  # another session, or one still dying, holds it

@@ -25,7 +25,7 @@ import psycopg
 
 from streams.apply import documents, parking
 from streams.apply.batch import BatchTransaction
-from streams.apply.connections import SinkConnections
+from streams.apply.connections import SinkConnections, keep_commit_time
 from streams.apply.parking import ParentKey
 from streams.apply.records import Records
 from streams.apply.results import PERMANENT, BatchResult
@@ -124,6 +124,7 @@ class Sink:
         try:
             conn = await self.connections.source()
             async with conn.transaction():
+                await keep_commit_time(conn)
                 await documents.write_notes(conn, [(d, documents.CRM_UNREACHABLE) for d in waiting])
         except psycopg.Error:
             await self.connections.drop()

@@ -222,6 +222,10 @@ BEGIN
                    p_sink);
     EXECUTE format('GRANT EXECUTE ON FUNCTION pg_replication_origin_session_reset() TO %I',
                    p_sink);
+    -- Only to set the origin timestamp back to none in each write transaction: a session's origin
+    -- otherwise gives every transaction the commit time of its first (connections.py).
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pg_replication_origin_xact_setup(pg_lsn, timestamptz)'
+                   ' TO %I', p_sink);
 END
 $$;
 

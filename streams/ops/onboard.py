@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from streams.apply.connections import SinkConnections, origin_names
+from streams.apply.connections import SinkConnections, keep_commit_time, origin_names
 from streams.apply.results import BatchResult
 from streams.apply.sink import Sink
 from streams.core.contract import CLIENT, FILE
@@ -226,6 +226,7 @@ async def _check(erp: psycopg.AsyncConnection[Any], clients: list[int]) -> None:
     sink's own session with OfiViaje: the sync's write, nothing to send."""
     if clients:
         async with erp.transaction():
+            await keep_commit_time(erp)
             await erp.execute(
                 "UPDATE clientes SET sincronizar_crm = true WHERE id = ANY(%s)"
                 " AND NOT sincronizar_crm",

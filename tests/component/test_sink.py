@@ -74,6 +74,27 @@ async def test_a_change_applied_twice_is_applied_once(databases: Settings) -> No
 
 
 @run
+async def test_what_the_sync_writes_carries_the_time_of_its_own_commit(databases: Settings) -> None:
+    """A session with a replication origin would give every transaction the commit time of its
+    first: each of the sink's takes its own."""
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"times {tag()}")
+    committed = []
+    for value in ("1", "2"):
+        await sinks[Side.CRM].apply([erp_update(databases, client, "telefono", value)])
+        committed.append(
+            query(
+                databases, Side.CRM,
+                "SELECT pg_xact_commit_timestamp(xmin) > now() - interval '5 seconds',"
+                " pg_xact_commit_timestamp(xmin) FROM accounts WHERE id = %s", (account,),
+            )[0]
+        )  # fmt: skip
+        await asyncio.sleep(0.2)
+    assert all(recent for recent, _ in committed) and committed[0][1] < committed[1][1]
+    await close(sinks)
+
+
+@run
 async def test_a_row_changed_while_the_sink_waited_for_its_lock_is_decided_with_its_own_clock(
     databases: Settings,
 ) -> None:
