@@ -1,13 +1,13 @@
 """Benchmark (operations): `ofisync bench` — how soon and how fast changes cross, on the running
 local stack, against PostgreSQL's native logical replication between the same two clusters
-(streams/bench_native.py) as the reference. This module runs the scenarios and reports them;
-streams/bench_load.py writes the load and watches it land.
+(ofisync_tools/bench_native.py) as the reference. This module runs the scenarios and reports them;
+ofisync_tools/bench_load.py writes the load and watches it land.
 
 Load. Realistic changes written in short transactions by one connection per direction: client
 updates (contact fields and the notes change) and new booking files — from the CRM with their
 flight and train segments — in a mix of 70 % client updates and 30 % new files (by event).
 A *change* is one row that crosses: a CRM file with two segments is three changes.
-Values come from the demo data generator (streams/demo.py). The clients updated are bench
+Values come from the demo data generator (ofisync_tools/demo.py). The clients updated are bench
 clients, linked pairs recognised by their notes starting with "bench "; they are created (through
 the sync) on the first run and reused, half of them changed on each side. Files are new rows each
 run (their numbers carry the run id); they stay, like the demo data.
@@ -22,8 +22,8 @@ Catch-up: a backlog of client updates built while the worker is stopped (native:
 subscription is disabled), then the time from the restart until the last change has landed.
 After each scenario `verify` must be clean (native: every published table equals its copy).
 While each scenario runs, the CPU time of every process on the machine is summed by engine
-(streams/machine_time.py): the worker, PostgreSQL's sessions that apply, its walsenders and the
-rest, Kafka Connect, Kafka and the bench itself, as shares of a core and per change.
+(ofisync_tools/machine_time.py): the worker, PostgreSQL's sessions that apply, its walsenders and
+the rest, Kafka Connect, Kafka and the bench itself, as shares of a core and per change.
 
 Latency is measured per change, from its source commit to its target commit, both read from
 PostgreSQL and never guessed: the source commit time is `pg_xact_commit_timestamp` of the
@@ -378,7 +378,8 @@ METHOD = {
     "reference": "PostgreSQL logical replication between database ofisync_bench of each cluster"
     " (publication + subscription, PostgreSQL's defaults), same load and measurement",
     "cpu": "every process's user + system CPU time from /proc, sampled each second while the"
-    " scenario runs (catch-up: restart → drained), summed by engine (streams/machine_time.py);"
+    " scenario runs (catch-up: restart → drained), summed by engine"
+    " (ofisync_tools/machine_time.py);"
     " percent_of_a_core = CPU s ÷ wall s × 100; cpu_us_per_change = CPU time ÷ changes landed"
     " in the window (idle costs included)",
 }

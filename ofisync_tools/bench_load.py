@@ -1,7 +1,7 @@
 """Benchmark load (operations): the changes `ofisync bench` writes and how it sees them land.
 
 A `Lane` is one direction of one system (the sync, or the native reference of
-streams/bench_native.py): it writes realistic changes at the source in short transactions on
+ofisync_tools/bench_native.py): it writes realistic changes at the source in short transactions on
 one connection and reads, on another, the target rows of the changes still on their way.
 Client updates carry a tag "bench <run> <seq>" in the notes, so the target row version that
 holds a change is recognised; new files and segments are found by their link column (the sync)

@@ -1,7 +1,7 @@
 """Benchmark reference (operations): the same load through PostgreSQL's own logical replication.
 
-`ofisync bench` (streams/bench.py) compares the sync with what PostgreSQL does natively between
-the same two clusters. This module owns that reference: a database `ofisync_bench` in each
+`ofisync bench` (ofisync_tools/bench.py) compares the sync with what PostgreSQL does natively
+between the same two clusters. This module owns that reference: a database `ofisync_bench` in each
 cluster with the applications' table shapes (streams/db/erp.sql and crm.sql, without the sync's
 objects), a publication of the tables whose changes cross in each direction (OfiViaje shapes
 `clientes`, `expedientes`; CRM shapes `accounts`, `files`, `segments`), and in the other

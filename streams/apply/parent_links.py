@@ -1,6 +1,6 @@
 """Linked parents across workers (apply stage): PostgreSQL's LISTEN/NOTIFY between sinks.
 
-A change whose parent is not linked on the target yet is parked (streams/parking.py), and the
+A change whose parent is not linked on the target yet is parked (streams/apply/parking.py), and the
 batch that links the parent releases it at once, in the worker that linked it. With several
 workers the child is often parked by another one: a file and its segments come on different
 partitions. So when a batch has linked new parents on both sides (the target row committed, the

@@ -2,14 +2,13 @@
 `ofisync.parked` of the target database, written in the same transaction as the rest of the
 batch, so the Kafka offset can move on and nothing is lost.
 
-A parked change is retried with back-off, and at once when a batch links its parent (in any
-worker: streams/linked.py); a later change of a record that has parked changes waits behind
+A parked change is retried with back-off, and at once when a batch links its parent (in any worker:
+streams/apply/parent_links.py); a later change of a record that has parked changes waits behind
 them, so a record's changes still apply in order. The back-off of a change waiting for its parent
 grows to minutes: its parent's link releases it anyway, and a parent that never comes (a dead
-letter, say) would otherwise have its children tried again every few seconds, in the same sink
-as the live traffic. Each wait is drawn between half and all of its back-off, so changes parked
-together do not come back together.
-"""
+letter, say) would otherwise have its children tried again every few seconds, in the same sink as
+the live traffic. Each wait is drawn between half and all of its back-off, so changes parked
+together do not come back together."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Translate (apply stage): a command's source values in the target's terms.
 
 Parent ids are looked up through the parent's link column in the batch's working set
-(streams/working.py), so a parent applied earlier in the batch is found; an unlinked parent
-makes the change wait (parked). Sellers, branches and vocabularies go through the live
+(streams/apply/unit_of_work.py), so a parent applied earlier in the batch is found; an unlinked
+parent makes the change wait (parked). Sellers, branches and vocabularies go through the live
 `Mapping`; a value with no mapping takes the header default, and the fallback is reported.
 """
 

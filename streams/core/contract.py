@@ -87,8 +87,8 @@ SEGMENT = Entity(
     erp_marker=(("origen_registro", "crm"),),
 )
 
-# An OfiViaje document marked G is uploaded to its CRM file (streams/documents.py); its content
-# is read from OfiViaje when the upload applies, never carried in a command.
+# An OfiViaje document marked G is uploaded to its CRM file (streams/apply/documents.py); its
+# content is read from OfiViaje when the upload applies, never carried in a command.
 DOCUMENT = Entity(
     name="document",
     erp_table="documentos",

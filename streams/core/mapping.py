@@ -1,11 +1,11 @@
 """Mapping (rules stage): sellers, branches, header defaults and vocabularies between the two
 applications. Pure: no I/O.
 
-`Mapping` is folded from the captured configuration tables (OfiViaje's `sucursales`,
-`vendedores`, `config_crm`; the CRM's `users`, `agencies`) by streams/feed.py, so a change to
-them takes effect within seconds, without a restart. The translations never fail: a value with
-no mapping falls back to the header default and says so (`Mapped.fallback`), so a file is never
-dropped for want of a mapping.
+`Mapping` is folded from the captured configuration tables (OfiViaje's `sucursales`, `vendedores`,
+`config_crm`; the CRM's `users`, `agencies`) by streams/worker/mapping_feed.py, so a change to them
+takes effect within seconds, without a restart. The translations never fail: a value with no mapping
+falls back to the header default and says so (`Mapped.fallback`), so a file is never dropped for
+want of a mapping.
 """
 
 from __future__ import annotations

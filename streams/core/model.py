@@ -77,7 +77,7 @@ def to_db(kind: Kind, value: Canonical) -> Any:
 
 
 class Via(StrEnum):
-    """How a field's value crosses: as is, or translated on the way (streams/mapping.py)."""
+    """How a field's value crosses: as is, or translated on the way (streams/core/mapping.py)."""
 
     SAME = "same"
     REF = "ref"  # the id of a parent record: resolved through the parent's link column

@@ -23,7 +23,15 @@ from streams.core.model import Side
 from streams.secrets import Role, password, role_name, scram_verifier
 from streams.settings import Database, Settings
 from streams.stack.install import PG_USER, ensure_postgres
-from streams.stack.procs import StackError, port_open, read_pid, run, wait_until
+from streams.stack.procs import (
+    StackError,
+    log_tail,
+    port_bindable,
+    port_open,
+    read_pid,
+    run,
+    wait_until,
+)
 
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
@@ -34,7 +42,8 @@ SERVER_SETTINGS = {
     # The conflict rule compares exact commit times of the changes that set each field.
     "track_commit_timestamp": "on",
     "max_connections": "200",
-    "shared_buffers": "256MB",
+    # PostgreSQL's default: the suite runs up to six clusters on one machine at once.
+    "shared_buffers": "128MB",
     # A connector that went away without closing its replication connection keeps its slot
     # busy until this runs out; its successor retries meanwhile (Debezium slot.max.retries).
     "wal_sender_timeout": "10s",
@@ -43,6 +52,10 @@ SERVER_SETTINGS = {
     "log_min_messages": "warning",
     "log_min_error_statement": "error",
 }
+
+
+# Linux keeps a closed connection's own port for 60 s (TIME_WAIT); a server waits that out.
+PORT_RELEASE_S = 90
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -173,23 +186,24 @@ class Cluster:
             _chown_postgres(self.socket_dir)
             self.log.touch()
             _chown_postgres(self.log)
+            _let_postgres_traverse(self.log)  # a restrictive umask made the logs directory
         self.write_config()
-        run(
-            _as_postgres(
-                [
-                    str(self.bin / "pg_ctl"),
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.log),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
-            f"starting {self.db.title} PostgreSQL on {self.db.endpoint} (log: {self.log})",
+        ep = self.db.endpoint
+        wait_until(
+            lambda: port_bindable(ep.host, ep.port),
+            PORT_RELEASE_S,
+            f"port {ep} for {self.db.title} PostgreSQL is still taken (by a program that listens"
+            f" there, or a connection that closed within the minute: `ss -tanp | grep {ep.port}`"
+            " says which)",
         )
+        argv = [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log)]
+        try:
+            run(
+                _as_postgres([*argv, "-w", "-t", "60", "start"]),
+                f"starting {self.db.title} PostgreSQL on {self.db.endpoint}",
+            )
+        except StackError as exc:
+            raise StackError(f"{exc}\n{self.log}, last lines:\n{log_tail(self.log)}") from exc
         wait_until(self.accepts_connections, 60, f"{self.db.title} PostgreSQL")
 
     def stop(self) -> bool:

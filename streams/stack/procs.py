@@ -25,6 +25,19 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def port_bindable(host: str, port: int) -> bool:
+    """Whether a server could listen on `port` now. A connection of this machine that used the
+    port as its own end (PostgreSQL's default ports lie in Linux's range for those) holds it for
+    a minute after it closed (TIME_WAIT), even from a server that asks to reuse addresses."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -128,3 +141,11 @@ def run(argv: Sequence[str], what: str, env: dict[str, str] | None = None) -> st
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise StackError(f"{what} failed (exit {done.returncode}):\n{tail}")
     return done.stdout
+
+
+def log_tail(log_file: Path, lines: int = 20) -> str:
+    """The last lines of a component's log, for an error that says why it did not start."""
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(cannot read it: {exc.strerror})"

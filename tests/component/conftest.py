@@ -31,7 +31,7 @@ def settings() -> Settings:
     return Settings.from_env(dict(os.environ) | COMPONENT_ENV)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once the component tests are done
 def databases(settings: Settings) -> Iterator[Settings]:
     clusters = [Cluster(settings, db) for db in settings.databases]
     for cluster in clusters:

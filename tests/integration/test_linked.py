@@ -1,6 +1,6 @@
-"""Linked parents told between workers through the real PostgreSQL (streams/linked.py): a
-listener hears what another connection's committed transaction says, and neither what was
-rolled back nor what its own worker's connections said."""
+"""Linked parents told between workers through the real PostgreSQL
+(streams/apply/parent_links.py): a listener hears what another connection's committed transaction
+says, and neither what was rolled back nor what its own worker's connections said."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Where the machine's time goes while the bench runs: which engine a process is part of, and
-the arithmetic of the window (streams/machine_time.py)."""
+the arithmetic of the window (ofisync_tools/machine_time.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A batch's commands go to the sink with new parents first (streams/order.py)."""
+"""A batch's commands go to the sink with new parents first (streams/core/order.py)."""
 
 from __future__ import annotations
 
