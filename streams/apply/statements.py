@@ -190,12 +190,15 @@ def update_sql(table: str, columns: tuple[str, ...]) -> str:
             "   ELSE t.ofisync_deleted_at END,"
             " ofisync_unlinked_from = CASE WHEN v.unlinked THEN v.former"
             "   ELSE t.ofisync_unlinked_from END"
-            " FROM jsonb_to_recordset(%s::jsonb)"
+            # The ids as an array too, joined: PostgreSQL takes a JSON record set for 100 rows,
+            # and then scanned the whole table for a batch of one, while an array's length it
+            # knows. (Named in the WHERE instead, `t.id = ANY(ids)`, the array was sorted again
+            # for every row of the batch: 0.5 ms a row for batches of 2,000.)
+            " FROM unnest(%s::bigint[]) AS k(id)"
+            " JOIN jsonb_to_recordset(%s::jsonb)"
             "  AS v(id bigint, patch jsonb, clocks jsonb, lsn bigint, unlinked boolean,"
-            "       former bigint)"
-            # The ids again, as an array: PostgreSQL takes a record set for 100 rows, and for a
-            # table of some thousands it then scanned the whole table instead of the index.
-            " WHERE t.id = v.id AND t.id = ANY(%s::bigint[])"
+            "       former bigint) ON v.id = k.id"
+            " WHERE t.id = k.id"
         )
         .format(table=ident(table), assigned=assigned)
         .as_string()

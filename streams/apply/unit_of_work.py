@@ -379,7 +379,7 @@ class WorkingSet:
             return
         columns = tuple(sorted({c for write in patches.values() for c in write["patch"]}))
         await self.conn.execute(
-            q.update_sql(table, columns), (json_rows(list(patches.values())), list(patches))
+            q.update_sql(table, columns), (list(patches), json_rows(list(patches.values())))
         )
 
 

@@ -38,7 +38,7 @@ from streams.worker import overrides
 from streams.worker.applying import Applier
 from streams.worker.batching import Batcher
 from streams.worker.dead_letters import DeadLetters
-from streams.worker.directions import Commands, Direction, count
+from streams.worker.directions import Commands, Direction, Prepared, count
 from streams.worker.mapping_feed import MappingFeed
 from streams.worker.release import Releases
 from streams.worker.shutdown import InFlight, SyncWorker, exit_for_restart
@@ -122,13 +122,19 @@ class Worker:
             names = self.topics.captured_from(side)
             captured += names
             batcher = self._agent(
-                f"{side.value}_to_{side.other.value}", names, direction.work, CAPTURE_BATCH
+                f"{side.value}_to_{side.other.value}",
+                names,
+                direction.prepare,
+                direction.work,
+                CAPTURE_BATCH,
             )
             takers |= dict.fromkeys(names, batcher.put)
         for side in Side:
             commands = Commands(side, self.applier, self.dead, self.in_flight, self._ready)
             name = self.topics.commands(side)
-            batcher = self._agent(f"commands_to_{side.value}", [name], commands.work, COMMAND_BATCH)
+            batcher = self._agent(
+                f"commands_to_{side.value}", [name], commands.prepare, commands.work, COMMAND_BATCH
+            )
             takers[name] = batcher.put
         overrides.take_at_the_door(
             self.app,
@@ -155,7 +161,8 @@ class Worker:
         self,
         name: str,
         topics: list[str],
-        work: Callable[[list[Any]], Awaitable[None]],
+        prepare: Callable[[list[Any]], Awaitable[Prepared]],
+        work: Callable[[Prepared], Awaitable[None]],
         most: int,
     ) -> Batcher[Any]:
         """An agent over `topics` whose messages a batcher works through and then acknowledges.
@@ -184,6 +191,7 @@ class Worker:
             exit_for_restart,
             on_full=lambda: app.consumer.pause_partitions(assigned()),
             on_room=lambda: app.consumer.resume_partitions(assigned()),
+            prepare=prepare,
         )
 
         async def run(stream: Any) -> None:

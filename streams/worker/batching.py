@@ -9,6 +9,10 @@ as the batch before it is done, and at most every `min_interval_s`: a change tha
 goes alone and at once, and under load what arrives meanwhile joins the next batch, so the fixed
 cost of a batch (a transaction of a dozen statements, a send per partition) is shared.
 
+With a `prepare` step (decoding, say: work that needs no database), the batcher prepares the
+next batch while the one before it is still being worked on, so the worker's own processing
+overlaps the database's; the work itself still goes one batch at a time, in order.
+
 Items are handed to `done` (which acknowledges them) in the order they came, and only after
 their work: offsets still move only past committed work, and a record's changes keep their order.
 `put` never waits: it is called from the consumer's loop, which feeds every agent, and a batcher
@@ -24,11 +28,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("ofisync.batching")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 RETRY_S = 1.0
 
@@ -37,7 +42,7 @@ class Batcher(Generic[T]):
     def __init__(
         self,
         name: str,
-        work: Callable[[list[T]], Awaitable[None]],
+        work: Callable[[Any], Awaitable[None]],
         done: Callable[[list[T]], Awaitable[None]],
         max_batch: int,
         max_waiting: int,
@@ -45,8 +50,11 @@ class Batcher(Generic[T]):
         on_failure: Callable[[BaseException], None] | None = None,
         on_full: Callable[[], None] | None = None,
         on_room: Callable[[], None] | None = None,
+        prepare: Callable[[list[T]], Awaitable[Any]] | None = None,
     ) -> None:
+        """`work` gets what `prepare` made of a batch, or the batch itself without `prepare`."""
         self.name = name
+        self._prepare = prepare
         self._work = work
         self._done = done
         self._max_batch = max_batch
@@ -81,25 +89,43 @@ class Batcher(Generic[T]):
         return batch
 
     async def run(self) -> None:
-        while True:
-            await self._arrived.wait()
-            delay = self._last_start + self._min_interval_s - asyncio.get_running_loop().time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._last_start = asyncio.get_running_loop().time()
-            batch = self.take()
+        working: asyncio.Task[None] | None = None
+        try:
             while True:
-                try:
-                    await self._work(batch)
-                    break
-                except Exception:
-                    # The work handles what it can (dead letters, retries); what escapes is a
-                    # bug, and the batch is neither skipped nor acknowledged: it is tried again.
-                    log.exception(
-                        "%s: a batch failed; trying it again in %.0f s", self.name, RETRY_S
-                    )
-                    await asyncio.sleep(RETRY_S)
-            await self._done(batch)
+                await self._arrived.wait()
+                delay = self._last_start + self._min_interval_s - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._last_start = asyncio.get_running_loop().time()
+                batch = self.take()
+                prepared: Any = batch
+                if self._prepare is not None:
+                    prepared = await self._until_done(self._prepare, batch)
+                if working is not None:
+                    await asyncio.wait([working])
+                    if working.exception() is not None:
+                        return  # `_ended` has told of it
+                working = asyncio.ensure_future(self._finish(batch, prepared))
+                working.add_done_callback(self._ended)
+        finally:
+            if working is not None and not working.done():
+                working.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await working
+
+    async def _finish(self, batch: list[T], prepared: Any) -> None:
+        await self._until_done(self._work, prepared)
+        await self._done(batch)
+
+    async def _until_done(self, step: Callable[[Any], Awaitable[R]], argument: Any) -> R:
+        while True:
+            try:
+                return await step(argument)
+            except Exception:
+                # The steps handle what they can (dead letters, retries); what escapes is a bug,
+                # and the batch is neither skipped nor acknowledged: it is tried again.
+                log.exception("%s: a batch failed; trying it again in %.0f s", self.name, RETRY_S)
+                await asyncio.sleep(RETRY_S)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Batcher[T]]:

@@ -2,10 +2,11 @@
 captures a change applies it.
 
 `Direction`: the changes captured on one side (its Debezium topics) → decode and rules
-(streams/core/routing.py) → commands, applied to the other side in one transaction; then the
-commands a side gets about its own rows (lock restores, placeholder zeroing, the alignments the
-other side's newer values asked for) to the side itself. Bad input becomes a dead letter and the
-batch goes on. The batch's messages are acknowledged after all of that (streams/worker/batching.py),
+(streams/core/routing.py) → commands (prepared while the batch before is still applying),
+applied to the other side in one transaction; then the commands a side gets about its own rows
+(lock restores, placeholder zeroing, the alignments the other side's newer values asked for) to
+the side itself. Bad input becomes a dead letter and the batch goes on. The batch's messages are
+acknowledged after all of that (streams/worker/batching.py),
 so Kafka's offsets move only past what the databases committed.
 
 `Commands`: what `ofisync replay` and `ofisync dlq retry` send to a side's command topic, decoded
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -30,6 +32,19 @@ from streams.worker.dead_letters import DeadLetters
 from streams.worker.shutdown import InFlight
 
 log = logging.getLogger("ofisync.worker")
+
+
+@dataclass
+class Prepared:
+    """A batch's messages made commands (the batcher's prepare step, streams/worker/batching.py),
+    each with the message it came from, for its dead letter."""
+
+    commands: list[Command] = field(default_factory=list)
+    origins: dict[tuple[str, str, str, int], Any] = field(default_factory=dict)
+
+    def add(self, command: Command, message: Any) -> None:
+        self.commands.append(command)
+        self.origins[command.origin_key] = message
 
 
 class Direction:
@@ -49,16 +64,18 @@ class Direction:
         self.in_flight = in_flight
         self.ready = ready
 
-    async def work(self, messages: list[Any]) -> None:
+    async def prepare(self, messages: list[Any]) -> Prepared:
+        prepared = Prepared()
+        for message in messages:
+            command = await self._route(message)
+            if command is not None:
+                prepared.add(command, message)
+        return prepared
+
+    async def work(self, prepared: Prepared) -> None:
         await self.ready()  # translate with the whole mapping, never half of it
         async with self.in_flight.batch():
-            commands: list[Command] = []
-            origins: dict[tuple[str, str, str, int], Any] = {}
-            for message in messages:
-                command = await self._route(message)
-                if command is not None:
-                    commands.append(command)
-                    origins[command.origin_key] = message
+            commands, origins = prepared.commands, prepared.origins
             there = [c for c in commands if c.target is not self.source]
             here = [c for c in commands if c.target is self.source]
             result = await self.applier.apply(self.source.other, there, origins)
@@ -102,21 +119,23 @@ class Commands:
         self.in_flight = in_flight
         self.ready = ready
 
-    async def work(self, messages: list[Any]) -> None:
+    async def prepare(self, messages: list[Any]) -> Prepared:
+        prepared = Prepared()
+        for message in messages:
+            try:
+                held = codec.decode_all(message.value)
+            except (codec.CodecError, ValueError, KeyError, TypeError, EOFError) as exc:
+                await self.dead.send("command", f"undecodable command: {exc}", message)
+                continue
+            for command in held:
+                prepared.add(command, message)
+        return prepared
+
+    async def work(self, prepared: Prepared) -> None:
         await self.ready()
         async with self.in_flight.batch():
-            commands: list[Command] = []
-            origins: dict[tuple[str, str, str, int], Any] = {}
-            for message in messages:
-                try:
-                    held = codec.decode_all(message.value)
-                except (codec.CodecError, ValueError, KeyError, TypeError, EOFError) as exc:
-                    await self.dead.send("command", f"undecodable command: {exc}", message)
-                    continue
-                for cmd in held:
-                    commands.append(cmd)
-                    origins[cmd.origin_key] = message
-            result = await self.applier.apply(self.target, commands, origins)
+            origins = prepared.origins
+            result = await self.applier.apply(self.target, prepared.commands, origins)
             await self.applier.apply(self.target.other, result.aligns, origins)
 
 

@@ -158,3 +158,54 @@ async def test_a_batcher_that_stops_on_an_error_says_so() -> None:
         b.put(1)
         await until(lambda: bool(failures))
     assert str(failures[0]) == "the acknowledgement broke"
+
+
+@run
+async def test_the_next_batch_is_prepared_while_the_one_before_is_worked_on_in_order() -> None:
+    """Preparing (decoding) overlaps the work (the database), and the work still goes one batch
+    at a time, in the order the items came."""
+    r = Recorder()
+    prepared: list[list[int]] = []
+    working: list[str] = []
+
+    async def prepare(batch: list[int]) -> list[int]:
+        prepared.append(list(batch))
+        return prepared[-1]
+
+    async def work(batch: list[int]) -> None:
+        working.append("start")
+        await r.work(batch)
+        working.append("end")
+
+    b = Batcher("test", work, r.ack, 100, 1000, prepare=prepare)
+    async with b.running():
+        r.release.clear()
+        b.put(1)
+        await until(r.started.is_set)
+        b.put(2)
+        await until(lambda: prepared == [[1], [2]])  # the first batch's work is still held
+        assert working == ["start"] and r.done == []
+        r.release.set()
+        await until(lambda: len(r.done) == 2)
+    assert r.batches == [[1], [2]]
+    assert all(w is p for w, p in zip(r.batches, prepared, strict=True))  # what was prepared
+    assert working == ["start", "end", "start", "end"]
+
+
+@run
+async def test_a_batch_whose_preparation_fails_is_prepared_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "RETRY_S", 0.0)
+    r = Recorder()
+    failures = [RuntimeError("a bug")]
+
+    async def prepare(batch: list[int]) -> list[int]:
+        if failures:
+            raise failures.pop()
+        return batch
+
+    async with Batcher("test", r.work, r.ack, 100, 1000, prepare=prepare).running() as b:
+        b.put(7)
+        await until(lambda: r.done == [7])
+    assert r.batches == [[7]] and failures == []
