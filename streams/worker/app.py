@@ -189,8 +189,8 @@ class Worker:
             2 * most,
             BATCH_EVERY_S,
             exit_for_restart,
-            on_full=lambda: app.consumer.pause_partitions(assigned()),
-            on_room=lambda: app.consumer.resume_partitions(assigned()),
+            on_full=lambda: hold_fetching(app.consumer, assigned()),
+            on_room=lambda: resume_fetching(app.consumer, assigned()),
             prepare=prepare,
         )
 
@@ -227,6 +227,20 @@ class Worker:
             self.settings.tenant,
             self.settings.conflict_policy.value,
         )
+
+
+def hold_fetching(consumer: Any, partitions: set[Any]) -> None:
+    """Stops fetching `partitions` through Faust's own flow control for a full buffer: what was
+    fetched already is still handed over. (`pause_partitions` takes them out of the very set the
+    consumer is handing a fetched batch over by, so the rest of that batch was skipped, while the
+    acknowledgements of later messages committed past it: changes lost.)"""
+    for tp in partitions:
+        consumer.on_buffer_full(tp)
+
+
+def resume_fetching(consumer: Any, partitions: set[Any]) -> None:
+    for tp in partitions:
+        consumer.on_buffer_drop(tp)
 
 
 def _settle_garbage_collector() -> None:
