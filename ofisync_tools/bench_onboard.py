@@ -81,6 +81,7 @@ def run(
     clients, files = QUICK if quick else FULL
     target = scratch(settings)
     result: dict[str, Any] = {"clients_per_side": clients, "files_per_side": files}
+    _drop(settings, target)  # what a run cut short left behind
     try:
         for db in target.databases:
             Cluster(target, db).ensure_database()

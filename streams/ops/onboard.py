@@ -112,10 +112,10 @@ def survey(erp: psycopg.Connection[Any], crm: psycopg.Connection[Any]) -> Survey
     account_of.update((e, c) for e, c, _ in clients.pairs)
     client_of = {r[0]: r[2] for r in erp_files}
     account_of_file = {r[0]: r[2] for r in crm_files}
-    apart = [
+    apart = {
         (e, c, k) for e, c, k in files.pairs if account_of.get(client_of[e]) != account_of_file[c]
-    ]
-    files.pairs = [p for p in files.pairs if p not in apart]
+    }
+    files.pairs = [p for p in files.pairs if p not in apart]  # a set: 200,000 pairs and more
     half = [
         ("client", int(r[0]))
         for r in _rows(
@@ -135,7 +135,7 @@ def survey(erp: psycopg.Connection[Any], crm: psycopg.Connection[Any]) -> Survey
     clients.erp_only = [r for r in clients.erp_only if ("client", r[0]) not in finishing]
     files.erp_only = [r for r in files.erp_only if ("file", r[0]) not in finishing]
     checked = {int(r[0]) for r in erp_clients if r[2]}
-    return Survey(clients, files, apart, checked, half)
+    return Survey(clients, files, sorted(apart), checked, half)
 
 
 def _rows(conn: psycopg.Connection[Any], query: str, params: Any = None) -> list[tuple[Any, ...]]:
