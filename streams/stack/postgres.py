@@ -186,7 +186,7 @@ class Cluster:
             _chown_postgres(self.socket_dir)
             self.log.touch()
             _chown_postgres(self.log)
-            _let_postgres_traverse(self.log)  # a restrictive umask made the logs directory
+            _let_postgres_traverse(self.log)  # made under a restrictive umask, it may be shut
         self.write_config()
         ep = self.db.endpoint
         wait_until(
