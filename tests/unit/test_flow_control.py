@@ -12,7 +12,7 @@ import faust
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from streams.worker.app import hold_fetching, resume_fetching
+from streams.worker.app import FetchHold, hold_fetching, resume_fetching
 
 TOPIC = "t.erp.public.clientes"
 
@@ -70,3 +70,28 @@ def test_resuming_fetches_the_held_partitions_again() -> None:
     assert tp not in consumer._get_active_partitions()
     resume_fetching(consumer, {tp})
     assert tp in consumer._get_active_partitions()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_full_direction_is_held_at_once_and_again_only_after_a_while() -> None:
+    said: list[str] = []
+    clock = _Clock()
+    hold = FetchHold(lambda: said.append("hold"), lambda: said.append("resume"), 0.2, clock)
+    hold.full()
+    assert said == ["hold"]
+    clock.now += 0.19
+    hold.full()
+    assert said == ["hold"]  # each message past the limit says full: no hold for each
+    clock.now += 0.01
+    hold.full()
+    assert said == ["hold", "hold"]  # made again: a rebalance in between would have undone it
+    hold.room()
+    hold.full()
+    assert said == ["hold", "hold", "resume", "hold"]  # full again after room: held at once
