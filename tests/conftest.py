@@ -1,10 +1,15 @@
 """Test-wide settings: the integration stack runs in its own OFISYNC_HOME on its own ports,
-so it never collides with a stack a developer already runs; the jars are shared."""
+so it never collides with a stack a developer already runs; the jars are shared. What the
+stack runs on is installed once, before the first test."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,3 +24,33 @@ TEST_ENV = {
     "OFISYNC_WEB": "http://127.0.0.1:16066",
 }
 os.environ.update(TEST_ENV)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Installs what the collected tests run on before the first of them starts: on a fresh
+    machine the downloads take minutes, which belong to no test's timeout, and a registry
+    that cannot be reached fails the run once, with the install's own error."""
+    files = {Path(item.path) for item in session.items}
+    under = {part for f in files for part in f.relative_to(REPO).parts[1:2]}
+    if session.config.option.collectonly or not under & {"component", "integration"}:
+        return
+    from streams.settings import Settings
+    from streams.stack import install
+    from tests.integration.helpers import pg_client_tools
+
+    settings = Settings.from_env(dict(os.environ))
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("Kafka, Connect and Debezium jars", lambda: install.ensure_jars(settings)),
+        ("PostgreSQL server", lambda: install.ensure_postgres(settings)),
+    ]
+    names = {f.name for f in files}
+    if "test_operations.py" in names:
+        steps.append(("PostgreSQL 18 client tools", lambda: pg_client_tools(settings)))
+    if "test_marker_path.py" in names:
+        steps.append(("Debian's PostgreSQL 15", lambda: install.debian_postgres(15)))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for title, step in steps:
+        started = time.monotonic()
+        step()
+        if reporter is not None:
+            reporter.write_line(f"ready: {title} ({time.monotonic() - started:.0f} s)")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import sys
 import tarfile
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from functools import cache
@@ -126,33 +128,63 @@ def ensure_jars(settings: Settings) -> None:
         )
 
 
+# Maven's HTTP clients wait 30 minutes on a stalled download by default (wagon in Maven 3.8,
+# the resolver's transport in 3.9): a stall fails after a minute instead, and the fetch runs
+# again, keeping what it had already downloaded in the local repository.
+MAVEN_HTTP_OPTIONS = (
+    "-Dmaven.wagon.rto=60000",
+    "-Dmaven.wagon.http.retryHandler.count=5",
+    "-Dmaven.wagon.http.retryHandler.requestSentEnabled=true",
+    "-Daether.connector.requestTimeout=60000",
+    "-Daether.connector.http.retryHandler.count=5",
+)
+MAVEN_ATTEMPTS = 3
+MAVEN_ATTEMPT_S = 300.0  # a whole fetch from an empty repository takes 35 s here
+MAVEN_RETRY_PAUSE_S = 10.0
+
+
 def _maven(settings: Settings) -> None:
     mvn = shutil.which("mvn")
     if not mvn:
         raise StackError("Maven (mvn) is not installed; install it (apt-get install maven)")
-    # Maven's markers of what it unpacked (in the pom's build directory) go too, or it would
-    # skip what is missing.
-    for partial in (
-        settings.lib / "kafka",
-        settings.lib / "connect-plugins",
-        settings.lib / "postgres-archive",
-        settings.lib.parent / "build",
-    ):
-        shutil.rmtree(partial, ignore_errors=True)
-    run(
-        [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(POM),
-            f"-Dmaven.repo.local={settings.maven_repo}",
-            f"-Dofisync.lib={settings.lib}",
-            "package",
-        ],
+    what = (
         f"Maven fetch of Kafka {pinned('kafka')}, Debezium {pinned('debezium')} and PostgreSQL"
-        f" {pinned('postgres')} (is Maven Central reachable?)",
+        f" {pinned('postgres')} (is Maven Central reachable?)"
     )
+    argv = [
+        mvn,
+        "-B",
+        "-q",
+        *MAVEN_HTTP_OPTIONS,
+        "-f",
+        str(POM),
+        f"-Dmaven.repo.local={settings.maven_repo}",
+        f"-Dofisync.lib={settings.lib}",
+        "package",
+    ]
+    for attempt in range(1, MAVEN_ATTEMPTS + 1):
+        # Maven's markers of what it unpacked (in the pom's build directory) go too, or it
+        # would skip what is missing.
+        for partial in (
+            settings.lib / "kafka",
+            settings.lib / "connect-plugins",
+            settings.lib / "postgres-archive",
+            settings.lib.parent / "build",
+        ):
+            shutil.rmtree(partial, ignore_errors=True)
+        try:
+            run(argv, what, timeout=MAVEN_ATTEMPT_S)
+            return
+        except StackError as exc:
+            if attempt == MAVEN_ATTEMPTS:
+                raise StackError(f"{exc}\n(tried {MAVEN_ATTEMPTS} times)") from exc
+            print(
+                f"… {what}: attempt {attempt} of {MAVEN_ATTEMPTS} failed, trying again"
+                f" in {MAVEN_RETRY_PAUSE_S:.0f} s:\n{exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(MAVEN_RETRY_PAUSE_S)
 
 
 def java() -> str:

@@ -131,12 +131,22 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def run(argv: Sequence[str], what: str, env: dict[str, str] | None = None) -> str:
-    """Runs a short command to completion; a failure names `what` and shows the output tail."""
+def run(
+    argv: Sequence[str],
+    what: str,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Runs a command to completion; a failure, or a run past `timeout` seconds, names `what` and
+    shows the output tail."""
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, env=env, check=False)
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, env=env, check=False, timeout=timeout
+        )
     except FileNotFoundError as exc:
         raise StackError(f"{what}: {argv[0]} not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"{what} did not finish in {timeout:.0f} s") from exc
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise StackError(f"{what} failed (exit {done.returncode}):\n{tail}")
