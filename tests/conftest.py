@@ -36,6 +36,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     from streams.settings import Settings
     from streams.stack import install
+    from streams.stack.procs import StackError
     from tests.integration.helpers import pg_client_tools
 
     settings = Settings.from_env(dict(os.environ))
@@ -51,6 +52,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for title, step in steps:
         started = time.monotonic()
-        step()
+        try:
+            step()
+        except StackError as exc:
+            pytest.exit(f"could not install the {title} the tests run on: {exc}", returncode=3)
         if reporter is not None:
             reporter.write_line(f"ready: {title} ({time.monotonic() - started:.0f} s)")
