@@ -80,6 +80,13 @@ LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
     registry=REGISTRY,
 )
+APPLY_BUSY = Counter(
+    "ofisync_apply_busy_seconds",
+    "Seconds this worker's sink for each target spent applying batches: its rate is the share"
+    " of time the sink is busy (near 1, changes queue for it and latency climbs)",
+    ["target"],
+    registry=REGISTRY,
+)
 PARKED = Gauge(
     "ofisync_parked",
     "Changes waiting for their parent to be linked on the target",

@@ -142,8 +142,16 @@ def test_one_edit_is_one_message_and_the_sync_s_own_write_is_never_sent(
     topics = Topics(stack.settings.tenant).all()
     quiet = settled(stack.settings, topics)
     echoes = metric(stack.settings, "ofisync_echoes_suppressed_total", source="crm")
+
+    def busy_now() -> float:
+        return metric(stack.settings, "ofisync_apply_busy_seconds_total", target="crm")
+
+    busy = busy_now()
     query(erp, "UPDATE clientes SET movil = '+34 600 000 001' WHERE id = %s", (client,))
     eventually(lambda: in_sync(erp, crm, client, account), SYNC_WINDOW, "edit applied")
+    # The batch's time counts as the CRM sink's busy time: a span of time, not a count.
+    eventually(lambda: busy_now() > busy, SYNC_WINDOW, "the batch counted as busy time")
+    assert busy_now() - busy < 5
     after = settled(stack.settings, topics)
     produced = {
         tp.topic: after[tp] - quiet.get(tp, 0) for tp in after if after[tp] != quiet.get(tp, 0)

@@ -40,6 +40,7 @@ KNOWN_METRICS: Final[dict[str, Exported]] = {
     "ofisync_transient_retries_total": Exported("counter", ("target",)),
     "ofisync_dead_letters_total": Exported("counter", ("stage",)),
     "ofisync_end_to_end_seconds": Exported("histogram", ("direction",)),
+    "ofisync_apply_busy_seconds_total": Exported("counter", ("target",)),
     "ofisync_parked": Exported("gauge", ("target",)),
     "ofisync_lock_violations_total": Exported("counter", ("side",)),
     "ofisync_mapping_fallbacks_total": Exported("counter", ("target", "mapping")),
@@ -147,6 +148,7 @@ def test_the_alerts_watch_what_can_go_wrong() -> None:
         "ofisync_end_to_end_seconds_bucket",
         "ofisync_parked",
         "ofisync_documents",
+        "ofisync_apply_busy_seconds_total",
     } <= queried
     assert any('up{job="ofisync-worker"}' in expr for expr in exprs)
     assert any("histogram_quantile(0.99" in expr for expr in exprs)
@@ -245,6 +247,7 @@ def test_the_dashboard_shows_what_the_worker_shows() -> None:
         "ofisync_slot_retained_wal_bytes",
         "ofisync_applied_total",
         "ofisync_end_to_end_seconds_bucket",
+        "ofisync_apply_busy_seconds_total",
         "ofisync_echoes_suppressed_total",
         "ofisync_conflicts_total",
         "ofisync_lock_violations_total",
