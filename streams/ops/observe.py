@@ -105,6 +105,23 @@ class Latencies:
         return out
 
 
+def per_direction(
+    totals: Mapping[str, float], before: Mapping[str, float] | None, seconds: float
+) -> dict[str, float]:
+    """A counter by target, as its increase per second in each direction since the sample
+    before (0 for the first sample): changes applied a second, or the share of time a sink was
+    busy."""
+    if before is None or seconds <= 0:
+        return {"erp_to_crm": 0.0, "crm_to_erp": 0.0}
+    return {
+        f"{target.other.value}_to_{target.value}": (
+            totals.get(target.value, 0.0) - before.get(target.value, 0.0)
+        )
+        / seconds
+        for target in (Side.CRM, Side.ERP)
+    }
+
+
 def _counter(name: str, by: str) -> dict[str, float]:
     """A counter's current totals per value of one label."""
     out: dict[str, float] = {}
@@ -166,7 +183,7 @@ class Observer:
         self.latencies = Latencies()
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.current: dict[str, Any] | None = None
-        self._applied_before: tuple[float, dict[str, float]] | None = None
+        self._totals_before: tuple[float, dict[str, dict[str, float]]] | None = None
         self._dead_letters = 0
         self._waiting_letters = dlq.WaitingCount(settings)
 
@@ -202,16 +219,16 @@ class Observer:
                 self._dead_letters = self._waiting_letters.count()
             except Exception:
                 log.warning("could not read the dead letters", exc_info=True)
-        applied = _counter("ofisync_applied_total", "target")
-        rates = {"erp_to_crm": 0.0, "crm_to_erp": 0.0}
-        if self._applied_before is not None:
-            then, before = self._applied_before
-            dt = max(now - then, 1e-3)
-            rates = {
-                "erp_to_crm": (applied.get("crm", 0) - before.get("crm", 0)) / dt,
-                "crm_to_erp": (applied.get("erp", 0) - before.get("erp", 0)) / dt,
-            }
-        self._applied_before = (now, applied)
+        totals = {
+            "applied": _counter("ofisync_applied_total", "target"),
+            "busy": _counter("ofisync_apply_busy_seconds_total", "target"),
+        }
+        then, earlier = self._totals_before or (now, None)
+        rates, busy = (
+            per_direction(totals[name], earlier[name] if earlier else None, now - then)
+            for name in ("applied", "busy")
+        )
+        self._totals_before = (now, totals)
         metrics.DEAD_LETTERS_WAITING.set(self._dead_letters)
         mapping: SyncMapping = self.mapping()
         total_lag = sum(p.lag or 0 for p in partitions)
@@ -233,6 +250,7 @@ class Observer:
             "partitions": [asdict(p) | {"lag": p.lag} for p in partitions],
             "slots": slots,
             "rates": rates,
+            "busy": busy,
             "latency": latency,
             "echoes": _counter("ofisync_echoes_suppressed_total", "source"),
             "conflicts": counts["conflicts"],

@@ -80,6 +80,8 @@ function render(s) {
   tile("rate-crm_to_erp", fmt(s.rates.crm_to_erp, 1));
   for (const d of ["erp_to_crm", "crm_to_erp"]) {
     tile(`lat-${d}`, `${secs(s.latency[d].p50)} / ${secs(s.latency[d].p99)}`, s.latency[d].p99 > 2);
+    // Near 100 %, changes queue behind the batches before them (alert OfisyncSinkSaturated).
+    tile(`busy-${d}`, `${fmt(100 * s.busy[d])} %`, s.busy[d] > 0.9);
   }
   const sum = (o) => Object.values(o || {}).reduce((a, b) => a + b, 0);
   tile("echoes", fmt(sum(s.echoes)));

@@ -114,6 +114,8 @@ def test_the_dashboard_loads_draws_real_figures_and_shows_the_brokers_lag(
     assert shown == ends  # the broker's log-end offsets, as the group committed 0
     total = page.all("b", id="total-lag")[0]["data-value"]
     assert int(total) >= sum(ends.values())
+    for direction in ("erp_to_crm", "crm_to_erp"):  # the share of time each sink applied
+        assert page.text.get(f"busy-{direction}", "").strip().endswith("%"), direction
     for chart in ("lag", "rates", "latency", "wal"):
         [svg] = page.all("svg", **{"data-chart": chart})
         assert int(svg["data-drawn"]) >= 2, f"the {chart} chart has a history"

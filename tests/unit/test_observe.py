@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.ops.observe import WAL_BOUND, Latencies, percentile, problems
+from streams.ops.observe import WAL_BOUND, Latencies, per_direction, percentile, problems
 
 
 def healthy() -> dict[str, Any]:
@@ -81,3 +81,19 @@ def test_latencies_can_be_read_while_they_are_added() -> None:
         assert latencies.window()["erp_to_crm"]["count"] == 20_000
     adder.join()
     assert latencies.window()["crm_to_erp"]["count"] == 100_000
+
+
+def test_a_counter_by_target_becomes_its_rate_in_the_direction_that_target_receives() -> None:
+    totals = {"crm": 30.0, "erp": 8.0}
+    assert per_direction(totals, {"crm": 10.0, "erp": 4.0}, 4.0) == {
+        "erp_to_crm": 5.0,
+        "crm_to_erp": 1.0,
+    }
+    # A target first counted since the sample before counts from 0.
+    assert per_direction(totals, {"crm": 10.0}, 2.0) == {"erp_to_crm": 10.0, "crm_to_erp": 4.0}
+
+
+def test_the_first_sample_has_no_rate_yet() -> None:
+    zero = {"erp_to_crm": 0.0, "crm_to_erp": 0.0}
+    assert per_direction({"crm": 30.0, "erp": 8.0}, None, 10.0) == zero
+    assert per_direction({"crm": 30.0, "erp": 8.0}, {"crm": 1.0, "erp": 1.0}, 0.0) == zero
