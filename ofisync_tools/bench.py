@@ -1,7 +1,8 @@
 """Benchmark (operations): `ofisync bench` — how soon and how fast changes cross, on the running
 local stack, against PostgreSQL's native logical replication between the same two clusters
-(ofisync_tools/bench_native.py) as the reference. This module runs the scenarios and reports them;
-ofisync_tools/bench_load.py writes the load and watches it land.
+(ofisync_tools/bench_native.py) as the reference. This module runs the scenarios and makes the
+run's JSON document; ofisync_tools/bench_load.py writes the load and watches it land, and
+ofisync_tools/bench_report.py prints the tables.
 
 Load. Realistic changes written in short transactions by one connection per direction: client
 updates (contact fields and the notes change) and new booking files — from the CRM with their
@@ -48,14 +49,10 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
-import math
 import os
-import platform
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from importlib import metadata
 from typing import Any, Protocol
 
 import psycopg
@@ -70,6 +67,7 @@ from ofisync_tools.bench_load import (
     NATIVE_LANDINGS,
     OURS_ARRIVED,
     OURS_LANDINGS,
+    SYSTEMS,
     TAG,
     Lane,
     Pair,
@@ -82,222 +80,33 @@ from ofisync_tools.bench_load import (
     table_writes,
     worker_lag,
 )
+from ofisync_tools.bench_measure import (
+    FULL,
+    QUICK,
+    Headway,
+    Plan,
+    document,
+    due,
+    figures,
+    landed_rate,
+    machine,
+    pause,
+    per_second,
+    ratio,
+    stats,
+    versions,
+)
 from ofisync_tools.bench_native import APPLIED, Reference
-from ofisync_tools.machine_time import MachineTime, engines_seen
+from ofisync_tools.machine_time import MachineTime
 from streams.core.model import Side
-from streams.ops.observe import percentile
 from streams.secrets import Role, role_name
 from streams.settings import Settings
 from streams.stack.procs import StackError
 
-TICK_S = 0.01  # the paced load's shortest pause: a few changes share a transaction
 # PostgreSQL's sessions report their row counts when idle for 10 s (or every second while busy).
 STATS_SETTLE_S = 11.0
-MAX_PAUSE_S = 0.1
 POLL_S = 0.2  # how often the target is read for the changes on their way
 MAX_TX_CHANGES = 50  # the most changes one transaction of the closed loop writes
-SYSTEMS = ("ofisync", "native")
-
-
-# --- what a run does ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    quick: bool
-    fixed_s: float  # scenario 1, per rate
-    max_s: float  # scenario 2, including the warm-up
-    warmup_s: float
-    window: int  # scenario 2: changes on their way at most
-    backlog: int  # scenario 3
-    pool: int  # bench clients per direction
-    stall_s: float  # give up waiting (for changes to land, a backlog to drain) after no progress
-    rates: tuple[int, ...] = (50, 200, 500)
-
-
-FULL = Plan(False, fixed_s=60, max_s=70, warmup_s=10, window=4000, backlog=500_000, pool=4000,
-            stall_s=120)  # fmt: skip
-QUICK = Plan(True, fixed_s=3, max_s=8, warmup_s=2, window=600, backlog=2_000, pool=1500,
-             stall_s=60)  # fmt: skip
-
-
-# --- pure parts ----------------------------------------------------------------------------
-
-
-def due(elapsed_s: float, rate: float, written: int) -> int:
-    """How many changes a load paced at `rate`/s owes after `elapsed_s`, `written` written."""
-    return max(0, math.floor(elapsed_s * rate + 1e-9) - written)
-
-
-def pause(elapsed_s: float, rate: float, written: int) -> float:
-    """How long the paced load sleeps: until its next change is due, but at least one tick
-    (so a fast rate writes a few changes per transaction) and at most MAX_PAUSE_S."""
-    return min(MAX_PAUSE_S, max(TICK_S, (written + 1) / rate - elapsed_s))
-
-
-def stats(latencies_ms: Sequence[float]) -> dict[str, float] | None:
-    """Count, nearest-rank percentiles, maximum and mean of latencies in ms; None without any."""
-    if not latencies_ms:
-        return None
-
-    def ms(value: float | None) -> float:
-        return round(value or 0.0, 1)
-
-    return {
-        "count": len(latencies_ms),
-        "p50": ms(percentile(latencies_ms, 0.50)),
-        "p95": ms(percentile(latencies_ms, 0.95)),
-        "p99": ms(percentile(latencies_ms, 0.99)),
-        "max": ms(max(latencies_ms)),
-        "mean": ms(sum(latencies_ms) / len(latencies_ms)),
-    }
-
-
-def landed_rate(times_us: Sequence[int], start_us: int, end_us: int) -> float:
-    """Changes per second that landed within [start, end)."""
-    seconds = (end_us - start_us) / 1e6
-    if seconds <= 0:
-        return 0.0
-    return sum(start_us <= t < end_us for t in times_us) / seconds
-
-
-def per_second(times_us: Sequence[int], start_us: int, end_us: int) -> list[int]:
-    """How many changes landed in each whole second of [start, end)."""
-    counts = [0] * max(0, math.ceil((end_us - start_us) / 1e6))
-    for t in times_us:
-        if start_us <= t < end_us:
-            counts[int((t - start_us) // 1_000_000)] += 1
-    return counts
-
-
-def figures(lane: Lane, seconds: float) -> dict[str, Any]:
-    """What a lane measured: counts, rate written, latency overall and per kind of change, and
-    for the sync how many changes its target transactions held (they share a commit time)."""
-    found: dict[str, Any] = {
-        "system": lane.route.system,
-        "written": lane.written,
-        "landed": len(lane.landed),
-        "lost": lane.in_flight,
-        "written_per_s": round(lane.written / seconds, 1) if seconds else None,
-        "latency_ms": stats(lane.latencies()),
-        "by_kind": {k: stats(lane.latencies(k)) for k in lane.route.landings},
-    }
-    commits = {c.target_us for c in lane.landed}
-    if lane.route.system == "ofisync" and commits:
-        found["changes_per_target_commit"] = round(len(lane.landed) / len(commits), 1)
-    return found
-
-
-def ratio(ours: float | None, native: float | None) -> float | None:
-    """ofisync's figure divided by the reference's (None when either is missing or zero)."""
-    if ours is None or not native:
-        return None
-    return round(ours / native, 2)
-
-
-def _n(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _x(value: float | None) -> str:
-    """A ratio, with fewer decimals the larger it is."""
-    if value is None:
-        return "-"
-    return f"{value:,.{0 if value >= 100 else 1 if value >= 10 else 2}f}×"
-
-
-def _verified(checks: Mapping[str, Any]) -> str:
-    failed = [system for system in SYSTEMS if system in checks and not checks[system]["clean"]]
-    return "✓" if not failed else "✗ " + ", ".join(failed)
-
-
-def _size(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 2**20:,.1f} MiB" if value >= 2**20 else f"{value / 2**10:,.0f} KiB"
-
-
-def table_rows(document: Mapping[str, Any]) -> list[tuple[str, str, str, str, str, str, str]]:
-    """The table `ofisync bench` prints, one row per figure: scenario, direction, figure,
-    ofisync, native, ratio (ofisync ÷ native), and whether the checks after the scenario
-    (`verify`, the native copies) were clean."""
-    rows: list[tuple[str, str, str, str, str, str, str]] = []
-    for sc in document["scenarios"]:
-        if sc.get("skipped"):
-            rows.append((sc["title"], "", "skipped", "", "", "", sc["skipped"]))
-            continue
-        first = True
-        for direction in sc["directions"]:
-            ours, native = sc["ofisync"][direction], sc["native"].get(direction) or {}
-            r = sc["ratio"].get(direction, {})
-            arrow = direction.replace("_to_", "→")
-            out: list[tuple[str, str, str, str, str]] = []  # figure, ofisync, native, ratio
-            if sc["kind"] == "fixed":
-                lo, ln = ours["latency_ms"] or {}, native.get("latency_ms") or {}
-                for q in ("p50", "p95", "p99"):
-                    out.append((f"{q} ms", _n(lo.get(q)), _n(ln.get(q), 1), _x(r.get(q)), ""))
-                # Below the rate asked for: the bench clients were all still on their way.
-                out.append(("written/s", _n(ours["written_per_s"]),
-                            _n(native.get("written_per_s")), "", ""))  # fmt: skip
-            elif sc["kind"] == "max":
-                marks = ["*" if f.get("generator_bound") else "" for f in (ours, native)]
-                out.append(("changes/s", _n(ours["landed_per_s"]) + marks[0],
-                            _n(native.get("landed_per_s")) + marks[1],
-                            _x(r.get("landed_per_s")), ""))  # fmt: skip
-                lo, ln = ours["latency_ms"] or {}, native.get("latency_ms") or {}
-                ours_q = f"{_n(lo.get('p50'))} / {_n(lo.get('p99'))}"
-                native_q = f"{_n(ln.get('p50'), 1)} / {_n(ln.get('p99'), 1)}"
-                out.append(("p50 / p99 ms", ours_q, native_q, "", ""))
-                out.append(("max lag", f"{_n(ours.get('max_lag'))} msgs",
-                            _size(native.get("max_lag")), "", ""))  # fmt: skip
-            else:
-                out.append(("drain s", _n(ours["drain_s"], 1), _n(native.get("drain_s"), 1),
-                            _x(r.get("drain_s")), ""))  # fmt: skip
-                out.append(("changes/s", _n(ours["drain_per_s"]), _n(native.get("drain_per_s")),
-                            "", ""))  # fmt: skip
-                wo, wn = ours.get("rows_written") or {}, native.get("rows_written") or {}
-                out.append(("other rows/change", _n(wo.get("other_rows_per_change"), 2),
-                            _n(wn.get("other_rows_per_change"), 2), "", ""))  # fmt: skip
-            for i, (figure, a, b, c, _) in enumerate(out):
-                rows.append((sc["title"] if first else "", arrow if i == 0 else "", figure, a, b,
-                             c, _verified(sc["checks"]) if first else ""))  # fmt: skip
-                first = False
-    return rows
-
-
-ENGINE_TITLES = {  # two lines each, to fit the machine table in 110 columns
-    "worker": "ofisync\nworker",
-    "postgres_writes": "PG\nwrites",
-    "postgres_reads": "PG\nreads",
-    "postgres_rest": "PG\nrest",
-    "connect": "Kafka\nConnect",
-    "kafka": "\nKafka",
-    "bench": "\nbench",
-    "other": "\nother",
-}
-
-
-def machine_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The second table `ofisync bench` prints: where the machine's time went in each scenario,
-    per system: each engine's share of a core (100 = one core busy) and its CPU time per change
-    that landed. The header, then the rows."""
-    results = [r for sc in document["scenarios"] for r in sc.get("cpu", {}).values()]
-    engines = engines_seen(results)
-    header = ["scenario", "system", "figure", "changes\n/s", *(ENGINE_TITLES[e] for e in engines),
-              "\ntotal"]  # fmt: skip
-    rows: list[list[str]] = []
-    for sc in document["scenarios"]:
-        first = True
-        for system, r in sc.get("cpu", {}).items():
-            if "percent_of_a_core" not in r:
-                continue
-            percent, per_change = r["percent_of_a_core"], r.get("cpu_us_per_change") or {}
-            rows.append([sc["key"] if first else "", system, "%", _n(r["changes_per_s"]),
-                         *(_n(percent[e]) for e in engines), _n(r["total_percent"])])  # fmt: skip
-            rows.append(["", "", "µs", "", *(_n(per_change.get(e)) for e in engines),
-                         _n(sum(per_change.values()) if per_change else None)])  # fmt: skip
-            first = False
-    return header, rows
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -362,27 +171,6 @@ class Ui:
 # --- the run -------------------------------------------------------------------------------
 
 VERIFY_ATTEMPTS = 15  # link-backs follow the target commit by a moment: verify settles
-
-METHOD = {
-    "latency": "per change: pg_xact_commit_timestamp of the source transaction → commit time of"
-    " the target row version that carries it (ofisync: pg_xact_commit_timestamp(xmin); native:"
-    " clock_timestamp() stamped by a trigger as the subscriber applies the row, because a"
-    " subscriber records the publisher's commit time)",
-    "load": "one connection per direction; 70 % client updates (notes tagged 'bench <run>"
-    " <seq>', contact fields), 30 % new files (CRM files with 1-3 segments); a change is a row"
-    " that crosses",
-    "max": "closed loop: write while fewer than `window` changes are on their way; landed"
-    " changes/s after the warm-up, by target commit time",
-    "catch_up": "client updates written while the worker is stopped (native: subscription"
-    " disabled); drain = restart → commit of the last change on the target",
-    "reference": "PostgreSQL logical replication between database ofisync_bench of each cluster"
-    " (publication + subscription, PostgreSQL's defaults), same load and measurement",
-    "cpu": "every process's user + system CPU time from /proc, sampled each second while the"
-    " scenario runs (catch-up: restart → drained), summed by engine"
-    " (ofisync_tools/machine_time.py);"
-    " percent_of_a_core = CPU s ÷ wall s × 100; cpu_us_per_change = CPU time ÷ changes landed"
-    " in the window (idle costs included)",
-}
 
 
 class Bench:
@@ -892,103 +680,11 @@ class Bench:
                 if current.stalled(found) and behind.stalled(-(lag or 0)):
                     self.ui.note(f"✗ {len(last) - found:,} clients lack their last change")
                     return found, None
-                show(f"{found:,} of {len(last):,} clients current, lag {_n(lag)} {unit}", found,
+                lag_text = "-" if lag is None else f"{lag:,}"
+                show(f"{found:,} of {len(last):,} clients current, lag {lag_text} {unit}", found,
                      len(last))  # fmt: skip
                 await asyncio.sleep(0.5)
         return 0, None  # unreachable: the loop returns
-
-
-class Headway:
-    """Whether a figure that should grow has not grown for `stall_s`."""
-
-    def __init__(self, stall_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.stall_s = stall_s
-        self.clock = clock
-        self.best: float | None = None
-        self.since = clock()
-
-    def stalled(self, value: float) -> bool:
-        if self.best is None or value > self.best:
-            self.best, self.since = value, self.clock()
-        return self.clock() - self.since > self.stall_s
-
-
-def document(
-    run: str,
-    plan: Plan,
-    started: float,
-    versions: Mapping[str, str | None],
-    machine: Mapping[str, Any],
-    baseline: Mapping[str, Any],
-    scenarios: Sequence[Mapping[str, Any]],
-    onboarding: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The JSON document of a run: every figure, how they were measured, on what. `clean`: no
-    check failed and no change was lost."""
-    return {
-        "bench": "ofisync",
-        "run": run,
-        "mode": "quick" if plan.quick else "full",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "seconds": round(time.time() - started, 1),
-        "clean": bool(baseline["clean"])
-        and all(_clean(sc) for sc in scenarios)
-        and (onboarding is None or bool(onboarding["clean"])),
-        "plan": asdict(plan),
-        "method": METHOD,
-        "versions": dict(versions),
-        "machine": dict(machine),
-        "baseline_check": dict(baseline),
-        "scenarios": list(scenarios),
-        "onboarding": None if onboarding is None else dict(onboarding),
-    }
-
-
-def _clean(scenario: Mapping[str, Any]) -> bool:
-    checks = all(c["clean"] for c in scenario["checks"].values())
-    lost = any(figures.get("lost") for system in SYSTEMS for figures in scenario[system].values())
-    return checks and not lost
-
-
-# --- versions, machine, entry ---------------------------------------------------------------
-
-
-def versions(settings: Settings) -> dict[str, str | None]:
-    from streams.stack.connect import ConnectError, http
-
-    out: dict[str, str | None] = {"kafka": None, "debezium": None}
-    with contextlib.suppress(ConnectError, KeyError, TypeError):
-        out["kafka"] = http("GET", f"{settings.connect_url}/")["version"]
-        plugins = http("GET", f"{settings.connect_url}/connector-plugins")
-        out["debezium"] = next(
-            (p["version"] for p in plugins if p["class"].endswith(".PostgresConnector")), None
-        )
-    for db in settings.databases:
-        with contextlib.suppress(psycopg.Error), psycopg.connect(db.dsn, connect_timeout=5) as c:
-            row = c.execute("SHOW server_version").fetchone()
-            out[f"postgresql_{db.side}"] = None if row is None else str(row[0])
-    out["python"] = platform.python_version()
-    for package in ("faust-streaming", "aiokafka", "psycopg"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[package] = metadata.version(package)
-    return out
-
-
-def machine() -> dict[str, Any]:
-    def first(path: str, prefix: str) -> str | None:
-        with contextlib.suppress(OSError), open(path) as f:
-            for line in f:
-                if line.startswith(prefix):
-                    return line.split(":", 1)[1].strip()
-        return None
-
-    memory = first("/proc/meminfo", "MemTotal")
-    return {
-        "cores": os.cpu_count(),
-        "memory_gib": round(int(memory.split()[0]) / 2**20, 1) if memory else None,
-        "cpu": first("/proc/cpuinfo", "model name"),
-        "system": platform.platform(),
-    }
 
 
 @contextlib.contextmanager
@@ -1021,74 +717,3 @@ def run_bench(settings: Settings, quick: bool, ui: Ui | None = None) -> dict[str
                 f"Kafka at {settings.kafka} did not answer ({exc}); is the stack up"
                 " (`ofisync status`)?"
             ) from exc
-
-
-def print_table(document: Mapping[str, Any], console: Console | None = None) -> None:
-    """The run as a table on stdout, with the versions, the machine and the verdict."""
-    from rich import box
-    from rich.table import Table
-
-    out = console or Console()
-    if not out.is_terminal:
-        out.width = max(out.width, 110)
-    v, m = document["versions"], document["machine"]
-    table = Table(
-        title=f"ofisync bench ({document['mode']}, run {document['run']},"
-        f" {document['seconds']:.0f} s)",
-        box=box.SIMPLE_HEAD,
-    )
-    for name in ("scenario", "direction", "figure", "ofisync", "native", "ratio", "verify"):
-        table.add_column(
-            name, justify="right" if name in ("ofisync", "native", "ratio") else "left"
-        )
-    for row in table_rows(document):
-        table.add_row(*row)
-    out.print(table)
-    out.print(
-        "ratio = ofisync ÷ native. Latency: source commit → target commit, per change."
-        " verify: `ofisync verify` clean and every native copy equal to its source."
-        " * the load generator, not the system, was the limit."
-    )
-    out.print(
-        f"Kafka {v.get('kafka')}, Debezium {v.get('debezium')}, PostgreSQL"
-        f" {v.get('postgresql_erp')}, Python {v.get('python')}, faust"
-        f" {v.get('faust-streaming')}; {m['cores']} cores, {m['memory_gib']} GiB;"
-        f" load average {m['load_average_before'][0]:.1f} → {m['load_average_after'][0]:.1f}"
-    )
-    header, rows = machine_rows(document)
-    if rows:
-        machine_table = Table(
-            title=f"where the machine's time went ({m['cores']} cores: {100 * m['cores']} % is"
-            " all of them busy)",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            collapse_padding=True,
-        )
-        for i, name in enumerate(header):
-            machine_table.add_column(name, justify="left" if i < 3 else "right", no_wrap=True)
-        for cells in rows:
-            machine_table.add_row(*cells)
-        out.print(machine_table)
-        out.print(
-            "CPU time of every process on the machine (/proc), by engine, while each scenario ran"
-            " (catch-up: from the restart until drained). %: the share of one core; µs: CPU time"
-            " per change landed. PG writes: the sessions that apply changes; PG reads:"
-            " the walsenders; PG rest: the bench's load and PostgreSQL's own processes; bench:"
-            " the load generator."
-        )
-    boarding = document.get("onboarding")
-    if boarding:
-        out.print(
-            f"onboard: {boarding['clients_per_side']:,} clients and"
-            f" {boarding['files_per_side']:,} files a side, {boarding['done']['linked']:,} pairs"
-            f" linked in {boarding['link_s']:.1f} s ({_n(boarding['linked_per_s'])}/s; survey"
-            f" {boarding['survey_s']:.1f} s){'' if boarding['clean'] else ' ✗ not all linked'}"
-        )
-    base = document["baseline_check"]
-    if not base["clean"]:
-        out.print(f"✗ verify was not clean before the run: {base['detail']}")
-    out.print(
-        "✓ every check clean, nothing lost"
-        if document["clean"]
-        else "✗ a check failed or changes were lost: see above, or --json"
-    )

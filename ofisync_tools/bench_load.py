@@ -61,6 +61,9 @@ class Landing:
     tag: str | None = None  # the target column that carries a client update's tag
 
 
+SYSTEMS = ("ofisync", "native")  # what a Route runs through: the sync, or the reference
+
+
 @dataclass(frozen=True)
 class Route:
     """One direction of one system: where changes are written and where they land."""

@@ -260,7 +260,8 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from ofisync_tools.bench import print_table, run_bench
+    from ofisync_tools.bench import run_bench
+    from ofisync_tools.bench_report import print_table
 
     document = run_bench(settings, quick=args.quick)
     if args.json:

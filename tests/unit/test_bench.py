@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from ofisync_tools.bench import (
+from ofisync_tools.bench_load import Change, Landing, Lane, Route, Values, bookkeeping, tag, tag_of
+from ofisync_tools.bench_measure import (
     QUICK,
     TICK_S,
     Headway,
@@ -17,14 +18,12 @@ from ofisync_tools.bench import (
     due,
     figures,
     landed_rate,
-    machine_rows,
     pause,
     per_second,
     ratio,
     stats,
-    table_rows,
 )
-from ofisync_tools.bench_load import Change, Landing, Lane, Route, Values, bookkeeping, tag, tag_of
+from ofisync_tools.bench_report import machine_rows, table_rows
 from ofisync_tools.machine_time import ENGINES
 from streams.core.model import Side
 
