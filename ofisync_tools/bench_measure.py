@@ -196,7 +196,7 @@ def _clean(scenario: Mapping[str, Any]) -> bool:
     return checks and not lost
 
 
-# --- versions, machine, entry ---------------------------------------------------------------
+# --- versions and machine -------------------------------------------------------------------
 
 
 def versions(settings: Settings) -> dict[str, str | None]:

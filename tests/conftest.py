@@ -39,7 +39,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from streams.stack.procs import StackError
     from tests.integration.helpers import pg_client_tools
 
-    settings = Settings.from_env(dict(os.environ))
+    settings = Settings.from_env()
     steps: list[tuple[str, Callable[[], object]]] = [
         ("Kafka, Connect and Debezium jars", lambda: install.ensure_jars(settings)),
         ("PostgreSQL server", lambda: install.ensure_postgres(settings)),

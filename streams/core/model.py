@@ -35,6 +35,12 @@ class Side(StrEnum):
     def other(self) -> Side:
         return Side.CRM if self is Side.ERP else Side.ERP
 
+    @property
+    def inbound(self) -> str:
+        """The direction of the changes this side receives, as metrics and the dashboard name
+        it ("erp_to_crm" for the CRM)."""
+        return f"{self.other.value}_to_{self.value}"
+
 
 class Kind(StrEnum):
     TEXT = "text"

@@ -34,6 +34,7 @@ log = logging.getLogger("ofisync.observe")
 SAMPLE_EVERY_S = 10.0  # its Kafka and database reads run in a thread that holds the GIL a while
 HISTORY = 360  # one hour of samples
 LATENCY_WINDOW_S = 60.0
+DIRECTIONS = (Side.CRM.inbound, Side.ERP.inbound)  # "erp_to_crm", "crm_to_erp"
 WAL_BOUND = 1 << 30  # a slot retaining more than this is a problem
 
 
@@ -95,7 +96,7 @@ class Latencies:
                 self._seen.popleft()
             seen = list(self._seen)
         out = {}
-        for direction in ("erp_to_crm", "crm_to_erp"):
+        for direction in DIRECTIONS:
             values = [s for _, d, s in seen if d == direction]
             out[direction] = {
                 "p50": percentile(values, 0.5),
@@ -112,12 +113,9 @@ def per_direction(
     before (0 for the first sample): changes applied a second, or the share of time a sink was
     busy."""
     if before is None or seconds <= 0:
-        return {"erp_to_crm": 0.0, "crm_to_erp": 0.0}
+        return dict.fromkeys(DIRECTIONS, 0.0)
     return {
-        f"{target.other.value}_to_{target.value}": (
-            totals.get(target.value, 0.0) - before.get(target.value, 0.0)
-        )
-        / seconds
+        target.inbound: (totals.get(target.value, 0.0) - before.get(target.value, 0.0)) / seconds
         for target in (Side.CRM, Side.ERP)
     }
 

@@ -123,7 +123,7 @@ class Worker:
             names = self.topics.captured_from(side)
             captured += names
             batcher = self._agent(
-                f"{side.value}_to_{side.other.value}",
+                side.other.inbound,
                 names,
                 direction.prepare,
                 direction.work,

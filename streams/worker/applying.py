@@ -125,7 +125,7 @@ async def _apply_once(
 
 def _count(target: Side, result: BatchResult, latencies: Latencies) -> None:
     now_us = time.time() * 1_000_000
-    direction = f"{target.other.value}_to_{target.value}"
+    direction = target.inbound
     latency = metrics.LATENCY.labels(direction)
     for entity, n in Counter(cmd.entity for cmd in result.applied).items():
         metrics.APPLIED.labels(target.value, entity).inc(n)
