@@ -64,11 +64,20 @@ def test_a_client_and_its_file_already_on_both_sides_end_linked_with_no_duplicat
             )
 
     def linked() -> bool:
+        """Both sides hold the link: whichever direction matched the pair, the other side learns
+        it in the write-back that follows the target's commit."""
         found = query(erp, "SELECT crm_id, sincronizar_crm FROM clientes WHERE id = %s", (client,))
         file_link = one(erp, "SELECT crm_id FROM expedientes WHERE id = %s", (erp_file,))
-        return found == [(account[0], True)] and file_link == crm_file[0]
+        account_link = one(crm, "SELECT erp_id FROM accounts WHERE id = %s", (account[0],))
+        crm_file_link = one(crm, "SELECT erp_id FROM files WHERE id = %s", (crm_file[0],))
+        return (found, file_link, account_link, crm_file_link) == (
+            [(account[0], True)],
+            crm_file[0],
+            client,
+            erp_file,
+        )
 
-    eventually(linked, SYNC_WINDOW, "the client and the file linked to the CRM's")
+    eventually(linked, SYNC_WINDOW, "the client and the file linked to the CRM's, on both sides")
     eventually(
         lambda: (
             one(erp, "SELECT count(*) FROM billetes WHERE expediente_id = %s", (erp_file,)) == 2
@@ -83,8 +92,18 @@ def test_a_client_and_its_file_already_on_both_sides_end_linked_with_no_duplicat
     assert one(crm, "SELECT count(*) FROM files WHERE file_number = %s OR erp_number = %s",
                (number, number)) == 1  # fmt: skip
     ours = {("client", client), ("file", erp_file)}  # ids of two tables: another file may be 42
-    differences = [d for d in verify_report()["differences"] if (d["entity"], d["erp_id"]) in ours]
-    assert not differences
+    differences: list[dict[str, Any]] = []
+
+    def agree() -> bool:
+        differences[:] = [
+            d for d in verify_report()["differences"] if (d["entity"], d["erp_id"]) in ours
+        ]
+        return not differences
+
+    try:
+        eventually(agree, SYNC_WINDOW, "verify finds the pair equal", every=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {differences}") from None
 
 
 def _insert(dsn: str, table: str, rows: list[dict[str, Any]]) -> list[int]:
