@@ -11,7 +11,10 @@ cost of a batch (a transaction of a dozen statements, a send per partition) is s
 
 With a `prepare` step (decoding, say: work that needs no database), the batcher prepares the
 next batch while the one before it is still being worked on, so the worker's own processing
-overlaps the database's; the work itself still goes one batch at a time, in order.
+overlaps the database's; the work itself still goes one batch at a time, in order. Both share
+one event loop: a prepare step goes through its items `in_turns`, so the work's next statement
+is sent as soon as the database has answered the one before, not once the whole next batch is
+prepared (a batch of 2,000 captured changes takes the loop for about 200 ms).
 
 Items are handed to `done` (which acknowledges them) in the order they came, and only after
 their work: offsets still move only past committed work, and a record's changes keep their order.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("ofisync.batching")
@@ -36,6 +39,15 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 RETRY_S = 1.0
+TURN_ITEMS = 50  # items a prepare step goes through before it lets the work take its turn
+
+
+async def in_turns(items: Sequence[T], every: int = TURN_ITEMS) -> AsyncIterator[T]:
+    """`items`, letting the event loop run other tasks after every `every` of them."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % every == 0:
+            await asyncio.sleep(0)
 
 
 class Batcher(Generic[T]):

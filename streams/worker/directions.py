@@ -28,6 +28,7 @@ from streams.core.routing import Echo, route
 from streams.core.rules import Invalid, Skip
 from streams.worker import metrics
 from streams.worker.applying import Applier
+from streams.worker.batching import in_turns
 from streams.worker.dead_letters import DeadLetters
 from streams.worker.shutdown import InFlight
 
@@ -66,7 +67,7 @@ class Direction:
 
     async def prepare(self, messages: list[Any]) -> Prepared:
         prepared = Prepared()
-        for message in messages:
+        async for message in in_turns(messages):
             command = await self._route(message)
             if command is not None:
                 prepared.add(command, message)
@@ -121,7 +122,7 @@ class Commands:
 
     async def prepare(self, messages: list[Any]) -> Prepared:
         prepared = Prepared()
-        for message in messages:
+        async for message in in_turns(messages):
             try:
                 held = codec.decode_all(message.value)
             except (codec.CodecError, ValueError, KeyError, TypeError, EOFError) as exc:

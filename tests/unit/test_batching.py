@@ -209,3 +209,19 @@ async def test_a_batch_whose_preparation_fails_is_prepared_again(
         b.put(7)
         await until(lambda: r.done == [7])
     assert r.batches == [[7]] and failures == []
+
+
+@run
+async def test_in_turns_gives_every_item_in_order_and_lets_others_run_after_each_few() -> None:
+    seen: list[object] = []
+
+    async def other() -> None:
+        while True:
+            seen.append("turn")
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(other())
+    async for item in batching.in_turns(range(1, 8), every=3):
+        seen.append(item)
+    task.cancel()
+    assert seen == [1, 2, 3, "turn", 4, 5, 6, "turn", 7]
