@@ -34,7 +34,8 @@ log = logging.getLogger("ofisync.observe")
 SAMPLE_EVERY_S = 10.0  # its Kafka and database reads run in a thread that holds the GIL a while
 HISTORY = 360  # one hour of samples
 LATENCY_WINDOW_S = 60.0
-DIRECTIONS = (Side.CRM.inbound, Side.ERP.inbound)  # "erp_to_crm", "crm_to_erp"
+TARGETS = (Side.CRM, Side.ERP)
+DIRECTIONS = tuple(target.inbound for target in TARGETS)  # "erp_to_crm", "crm_to_erp"
 WAL_BOUND = 1 << 30  # a slot retaining more than this is a problem
 
 
@@ -116,7 +117,7 @@ def per_direction(
         return dict.fromkeys(DIRECTIONS, 0.0)
     return {
         target.inbound: (totals.get(target.value, 0.0) - before.get(target.value, 0.0)) / seconds
-        for target in (Side.CRM, Side.ERP)
+        for target in TARGETS
     }
 
 
