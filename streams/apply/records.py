@@ -14,7 +14,7 @@ unlinks and flags the row (a placeholder ticket goes). A side's own change repla
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from streams.apply.parking import Waiting
@@ -354,7 +354,7 @@ def _long_columns(
 def _restricted(cmd: Command, columns: set[str]) -> Command:
     """`cmd` with only the values of these target columns: what a dead letter keeps of a change
     whose other fields were applied."""
-    return replace(cmd, values=tuple(v for v in cmd.values if v.field in columns))
+    return cmd._replace(values=tuple(v for v in cmd.values if v.field in columns))
 
 
 def _align(cmd: Command, entity: Entity, side: Side, columns: list[str]) -> Command:

@@ -14,7 +14,7 @@ the later time of a copy of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from streams.core.contract import entity_for_table
 from streams.core.decode import DecodeError, Ignored, decode
@@ -57,7 +57,7 @@ def replayed(event: ChangeEvent) -> list[Command] | Skip | Invalid | DecodeError
     outcome = route_event(event)
     if not isinstance(outcome, Command):
         return outcome
-    commands = [replace(outcome, replay=True)]
+    commands = [outcome._replace(replay=True)]
     entity = entity_for_table(event.source, event.table)
     if entity is not None and outcome.op in (CommandOp.UPSERT, CommandOp.DELETE):
         own = reapply_command(event, entity)

@@ -44,10 +44,10 @@ class Invalid:
     reason: str
 
 
-def _opted_in(entity: Entity, ev: ChangeEvent, row: object) -> bool:
+def _opted_in(entity: Entity, ev: ChangeEvent, row: Mapping[str, Canonical] | None) -> bool:
     if ev.source is not Side.ERP or entity.erp_opt_in is None:
         return True
-    return isinstance(row, dict) and bool(row.get(entity.erp_opt_in))
+    return row is not None and bool(row.get(entity.erp_opt_in))
 
 
 def _linked_before(entity: Entity, ev: ChangeEvent) -> bool:
@@ -195,7 +195,7 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
         return locked
 
     if ev.op is Op.DELETE:
-        if link_key is None and not _opted_in(entity, ev, dict(row)):
+        if link_key is None and not _opted_in(entity, ev, row):
             return Skip("deleted before it was ever synced")
         return Command(
             side,
@@ -210,7 +210,7 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
         )
 
     after = ev.after or {}
-    if not _opted_in(entity, ev, dict(after)):
+    if not _opted_in(entity, ev, after):
         return Skip(f"{entity.erp_opt_in} is not checked")
     send_when = entity.erp_send_when if side is Side.ERP else None
     if send_when is not None and after.get(send_when[0]) != send_when[1]:
@@ -221,9 +221,7 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
         return Invalid(f"{ev.table} change lacks synced column(s) {', '.join(missing)}")
 
     before = ev.before
-    opted_in_now = (
-        ev.op is Op.UPDATE and before is not None and not _opted_in(entity, ev, dict(before))
-    )
+    opted_in_now = ev.op is Op.UPDATE and before is not None and not _opted_in(entity, ev, before)
     full = (
         ev.op in (Op.CREATE, Op.READ)
         or opted_in_now
@@ -231,20 +229,14 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
         or before is None
         or send_when is not None
     )
+    values: tuple[FieldValue, ...] | None
     if full:
         values = full_values(entity, side, after, clocks_of(after, ev.commit_us))
     else:
         assert before is not None
-        bases = bases_of(after)
-        values = tuple(
-            FieldValue(written, old, new, True, bases.get(read), ev.commit_us)
-            if old != new
-            else FieldValue(written, old, new, False)
-            for read, written in crossing
-            for old, new in ((before.get(read), after[read]),)
-        )
-        if not any(v.changed for v in values):
-            return Skip("no synced field changed")
+        values = _update_values(crossing, before, after, ev.commit_us)
+    if values is None:
+        return Skip("no synced field changed")
     return Command(
         side,
         entity.name,
@@ -257,6 +249,30 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
         values=values,
         actor=_actor(ev),
     )
+
+
+def _update_values(
+    crossing: tuple[tuple[str, str], ...],
+    before: Mapping[str, Canonical],
+    after: Mapping[str, Canonical],
+    commit_us: int,
+) -> tuple[FieldValue, ...] | None:
+    """A field-level update's values: every field with its before-image, the changed ones with
+    this change's clock and the one they replaced; None when no field changed. (The worker's
+    hottest loop: a plain loop and `_make` build them in half the time a generator of
+    `FieldValue(...)` calls took.)"""
+    make = FieldValue._make
+    values = []
+    bases: dict[str, int | None] | None = None
+    for read, written in crossing:
+        old, new = before.get(read), after[read]
+        if old == new:
+            values.append(make((written, old, new, False, None, None)))
+            continue
+        if bases is None:
+            bases = bases_of(after)
+        values.append(make((written, old, new, True, bases.get(read), commit_us)))
+    return None if bases is None else tuple(values)
 
 
 def full_values(

@@ -171,7 +171,7 @@ def resent(letter: DeadLetter) -> bytes | None:
     """What a retry sends: the original message, or a refused command marked as history."""
     if letter.stage == "apply" and letter.value is not None:
         try:
-            return codec.encode(replace(codec.decode(letter.value), replay=True))
+            return codec.encode(codec.decode(letter.value)._replace(replay=True))
         except (codec.CodecError, ValueError, KeyError, EOFError):
             return letter.value
     return letter.value

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import replace
 
 from streams.apply.results import BatchResult
 from streams.apply.sink import Sink
@@ -134,7 +133,7 @@ async def test_a_row_changed_while_the_sink_waited_for_its_lock_is_decided_with_
     )  # fmt: skip
     assert recorded == [("local", crm_change.commit_us)]
     # Decided again (a redelivery), the conflict is not recorded twice.
-    await sinks[Side.CRM].apply([replace(erp_early, lsn=erp_early.lsn + 1)])
+    await sinks[Side.CRM].apply([erp_early._replace(lsn=erp_early.lsn + 1)])
     assert one(
         databases, Side.CRM,
         "SELECT count(*) FROM ofisync.conflicts WHERE target_key = %s", (str(account),),
@@ -183,7 +182,7 @@ async def test_a_record_deleted_on_the_other_side_stays_out_until_a_person_relin
     )  # fmt: skip
     assert "clear its ofisync_deleted_at" in skipped(edit).reason
     # An OfiViaje change on its way when the client was deleted finds the row flagged.
-    late = replace(command(deleted), op=CommandOp.UPSERT, values=(), lsn=deleted.lsn + 1)
+    late = command(deleted)._replace(op=CommandOp.UPSERT, values=(), lsn=deleted.lsn + 1)
     assert (await sinks[Side.CRM].apply([late])).flagged == 1
     # A person clears the flag: it crosses as a new client.
     relinked = write(
@@ -222,7 +221,7 @@ async def test_a_replay_of_a_record_whose_pair_was_deleted_since_recreates_nothi
     )
     await sinks[Side.ERP].apply([command(deleted)])
     assert erp_field(databases, client, "crm_id") is None
-    result = await sinks[Side.CRM].apply([replace(command(created), replay=True)])
+    result = await sinks[Side.CRM].apply([command(created)._replace(replay=True)])
     assert result.flagged == 1 and not result.links
     assert one(databases, Side.CRM, "SELECT count(*) FROM accounts WHERE erp_id = %s",
                (client,)) == 0  # fmt: skip
@@ -283,7 +282,7 @@ async def test_a_value_too_long_is_held_back_alone_and_its_retry_lands_the_lates
     )
     fixed = crm_update(databases, account, "phone", "12345")
     await sinks[Side.ERP].apply([fixed])
-    retried = await sinks[Side.ERP].apply([replace(held, replay=True)])
+    retried = await sinks[Side.ERP].apply([held._replace(replay=True)])
     assert not retried.dead and retried.conflicts == 0
     assert erp_field(databases, client, "telefono") == "12345"
     await close(sinks)
@@ -300,7 +299,7 @@ async def test_history_older_than_the_target_changes_nothing_and_records_no_conf
     newer = crm_update(databases, account, "mobile", "700")
     await sinks[Side.ERP].apply([newer])
     before = query(databases, Side.CRM, "SELECT * FROM accounts WHERE id = %s", (account,))
-    result = await sinks[Side.CRM].apply([replace(old, replay=True)])
+    result = await sinks[Side.CRM].apply([old._replace(replay=True)])
     assert result.noops == 1 and result.conflicts == 0
     assert query(databases, Side.CRM, "SELECT * FROM accounts WHERE id = %s", (account,)) == before
     await close(sinks)
@@ -327,7 +326,7 @@ async def test_a_replayed_create_over_newer_values_touches_neither_side(
         query(databases, Side.ERP, "SELECT * FROM clientes WHERE id = %s", (client,)),
         query(databases, Side.CRM, "SELECT * FROM accounts WHERE id = %s", (account,)),
     ]
-    result = await sinks[Side.CRM].apply([replace(command(created), replay=True)])
+    result = await sinks[Side.CRM].apply([command(created)._replace(replay=True)])
     assert not result.aligns and result.conflicts == 0
     assert rows == [
         query(databases, Side.ERP, "SELECT * FROM clientes WHERE id = %s", (client,)),

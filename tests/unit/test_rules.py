@@ -62,6 +62,18 @@ def test_an_update_carries_its_before_image_and_marks_changed_fields() -> None:
     assert cmd.link_key == "9"
 
 
+def test_an_update_s_changed_fields_carry_its_clock_and_the_one_they_replaced() -> None:
+    before = ERP_ROW | {"crm_id": 9, "telefono": "1"}
+    after = before | {"email": "new@x.es", "telefono": "2", "ofisync_base": '{"email": 150}'}
+    cmd = to_command(event(Side.ERP, Op.UPDATE, before, after), CLIENT)
+    assert isinstance(cmd, Command)
+    values = {v.field: v for v in cmd.values}
+    assert len(values) == len(CLIENT.fields)  # every field: an insert may need them all
+    assert values["email"] == ("email", "a@x.es", "new@x.es", True, 150, 200)
+    assert values["phone"] == ("phone", "1", "2", True, None, 200)  # no base on record
+    assert values["name"] == ("name", "Ana", "Ana", False, None, None)
+
+
 def test_an_update_of_no_synced_field_is_skipped() -> None:
     out = to_command(event(Side.ERP, Op.UPDATE, ERP_ROW, ERP_ROW | {"crm_id": 3}), CLIENT)
     assert isinstance(out, Skip)
