@@ -22,7 +22,9 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from streams.core.model import SYNC_ORIGIN, Side
 
@@ -40,6 +42,7 @@ class NoFreeOrigin(psycopg.OperationalError):
 
 async def connect(dsn: str, name: str) -> psycopg.AsyncConnection[Any]:
     conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=5, application_name=name)
+    set_json_loads(orjson.loads, conn)  # every row the sink reads holds its clocks as jsonb
     await conn.commit()
     return conn
 

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from streams.apply.results import BatchResult, text
-from streams.apply.statements import CLOCKS, ident
+from streams.apply.statements import CLOCKS, RESOLVED_CLOCKS, ident
 from streams.apply.translate import Translator
 from streams.apply.unit_of_work import select_rows
 from streams.core.contract import ENTITIES
@@ -102,8 +102,10 @@ async def _other_row(
     names = [f.name(side) for f in entity.fields]
     async with conn.transaction():
         cur = await conn.execute(
-            sql.SQL("SELECT {}, ofisync.clocks_us(ofisync_clocks) FROM {} WHERE id = %s").format(
-                sql.SQL(", ").join(ident(n) for n in names), ident(entity.table(side))
+            sql.SQL("SELECT {}, {} FROM {} WHERE id = %s").format(
+                sql.SQL(", ").join(ident(n) for n in names),
+                sql.SQL(RESOLVED_CLOCKS),
+                ident(entity.table(side)),
             ),
             (other_id,),
         )

@@ -57,11 +57,22 @@ def json_rows(rows: Any) -> Jsonb:
     return Jsonb(rows, dumps=_json)
 
 
+# A row's clocks with every entry resolved to µs (ofisync.clock_us): what the sink decides
+# conflicts with. Read in the statement that locks the row, from the row version it locked, so a
+# change committed while the sink waited for the lock is seen with its own clock. A subquery, not
+# a function: a SQL function that aggregates is not inlined, and calling one per row made the
+# sink's read of 2,000 rows take 90 ms instead of 20.
+RESOLVED_CLOCKS = (
+    "(SELECT coalesce(jsonb_object_agg(e.key, ofisync.clock_us(e.value)), '{}')"
+    " FROM jsonb_each_text(ofisync_clocks) e)"
+)
+
+
 def _selected(entity: Entity, side: Side) -> sql.Composable:
     return sql.SQL(", ").join(
         [
             *(sql.SQL("t.{}").format(ident(n)) for n in row_columns(entity, side)),
-            sql.SQL("ofisync.clocks_us(t.ofisync_clocks)"),
+            sql.SQL(RESOLVED_CLOCKS),
         ]
     )
 

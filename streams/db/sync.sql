@@ -187,13 +187,9 @@ CREATE OR REPLACE FUNCTION ofisync.clock_us(c text) RETURNS bigint LANGUAGE sql 
     END
 $$;
 
--- A row's clocks with every entry resolved to µs: what the sink decides conflicts with. It is
--- read in the same statement that locks the row, from the row version it locked, so a change
--- committed while the sink waited for the lock is seen with its own clock.
-CREATE OR REPLACE FUNCTION ofisync.clocks_us(c jsonb) RETURNS jsonb LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(jsonb_object_agg(e.key, ofisync.clock_us(e.value)), '{}')
-    FROM jsonb_each_text(c) e
-$$;
+-- The sink's reads resolve a row's clocks with a subquery (RESOLVED_CLOCKS in
+-- streams/apply/statements.py), which PostgreSQL plans into the read itself.
+DROP FUNCTION IF EXISTS ofisync.clocks_us(jsonb);
 
 -- A tax id as two records are matched on (streams/core/matching.py says the same in Python):
 -- upper case, without spaces, dashes, dots and slashes, and without a two-letter country prefix

@@ -29,6 +29,7 @@ import psycopg
 from streams.apply.connections import SinkConnections, keep_commit_time, origin_names
 from streams.apply.results import BatchResult
 from streams.apply.sink import Sink
+from streams.apply.statements import RESOLVED_CLOCKS
 from streams.core.contract import CLIENT, FILE
 from streams.core.mapping import Mapping as SyncMapping
 from streams.core.matching import Matches, match
@@ -246,7 +247,7 @@ def _pushes(erp: psycopg.Connection[Any], entity: Entity, ids: Sequence[int]) ->
     it sees for the first time."""
     names = [f.erp for f in entity.fields]
     cur = erp.execute(
-        f"SELECT id, {', '.join(names)}, ofisync.clocks_us(ofisync_clocks) FROM"
+        f"SELECT id, {', '.join(names)}, {RESOLVED_CLOCKS} FROM"
         f" {entity.erp_table} WHERE id = ANY(%s) ORDER BY id",
         (list(ids),),
     )
