@@ -223,7 +223,8 @@ class Bench:
             started=started,
             versions=await asyncio.to_thread(versions, self.settings),
             machine=machine()
-            | {"load_average_before": load_before, "load_average_after": os.getloadavg()},
+            | {"load_average_before": load_before, "load_average_after": os.getloadavg()}
+            | {"workers": self.settings.workers},
             baseline=baseline,
             scenarios=scenarios,
             onboarding=onboarding,
@@ -571,10 +572,10 @@ class Bench:
             "directions": [direction], "ofisync": {}, "native": {}, "checks": {}, "ratio": {},
             "cpu": {},
         }  # fmt: skip
-        if self.stack.worker.pid() is None:
+        if any(worker.pid() is None for worker in self.stack.workers):
             sc["skipped"] = (
-                "the worker was not started by `ofisync up` on this stack, so the benchmark"
-                " cannot stop and restart it"
+                "the workers were not started by `ofisync up` on this stack, so the benchmark"
+                " cannot stop and restart them"
             )
             return sc
         for system in SYSTEMS:
@@ -597,10 +598,10 @@ class Bench:
         out: dict[str, Any] = {"system": route.system, "written": n}
         with self._machine_time() as drained:
             async with self._lane(route).open() as lane:
-                pause_what = "stop the worker" if ours else "disable the subscription"
+                pause_what = "stop the workers" if ours else "disable the subscription"
                 with self.ui.step(f"catch-up, {route.system}: {pause_what}"):
                     if ours:
-                        await asyncio.to_thread(self.stack.worker.stop)
+                        await asyncio.to_thread(self.stack.stop_workers)
                     else:
                         await asyncio.to_thread(self.reference.set_enabled, route.source, False)
                 try:
@@ -612,7 +613,7 @@ class Bench:
                     if ours:
                         out["capture_s"] = await self._captured(topic, before, n, started)
                 finally:
-                    resume_what = "restart the worker" if ours else "enable the subscription"
+                    resume_what = "restart the workers" if ours else "enable the subscription"
                     with self.ui.step(f"catch-up, {route.system}: statistics settle"):
                         await asyncio.sleep(STATS_SETTLE_S)  # the backlog's own writes counted
                         writes = await asyncio.to_thread(table_writes, self.settings)
@@ -620,7 +621,7 @@ class Bench:
                     with self.ui.step(f"catch-up, {route.system}: {resume_what}"):
                         resumed = time.time()
                         if ours:
-                            await asyncio.to_thread(self.stack.worker.start)
+                            await asyncio.to_thread(self.stack.start_workers)
                         else:
                             await asyncio.to_thread(self.reference.set_enabled, route.source, True)
                         ready = time.time()

@@ -149,6 +149,7 @@ def print_table(document: Mapping[str, Any], console: Console | None = None) -> 
         f"Kafka {v.get('kafka')}, Debezium {v.get('debezium')}, PostgreSQL"
         f" {v.get('postgresql_erp')}, Python {v.get('python')}, faust"
         f" {v.get('faust-streaming')}; {m['cores']} cores, {m['memory_gib']} GiB;"
+        f" {m.get('workers', 1)} ofisync worker process(es) (OFISYNC_WORKERS);"
         f" load average {m['load_average_before'][0]:.1f} → {m['load_average_after'][0]:.1f}"
     )
     header, rows = machine_rows(document)

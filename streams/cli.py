@@ -36,7 +36,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  Kafka         {settings.kafka}")
     print(f"  Kafka Connect {settings.connect_url}")
     if not args.no_worker:
-        print(f"  worker        {settings.web_url}/health   metrics {settings.web_url}/metrics")
+        for worker in stack.workers:
+            url = worker.settings.web_url
+            print(f"  {worker.name:<13} {url}/dashboard/   metrics {url}/metrics")
     print(f"  logs          {settings.logs}")
     return OK
 

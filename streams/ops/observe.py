@@ -243,6 +243,8 @@ class Observer:
         self.history.append(point)
         state = {
             "sampled_at": now,
+            # With several workers, each counts the changes it applied itself; lag is the group's.
+            "worker": {"name": s.worker_name, "of": s.workers},
             "health": health,
             "total_lag": total_lag,
             "lag_history": [p["total_lag"] for p in self.history],

@@ -23,7 +23,7 @@ from streams.stack.kafka import Broker
 from streams.stack.postgres import Cluster
 from streams.stack.procs import StackError, port_open
 from streams.stack.topics import ensure_topics
-from streams.stack.worker_process import WorkerProcess
+from streams.stack.worker_process import WorkerProcess, worker_indices
 
 
 class Progress(Protocol):
@@ -75,7 +75,7 @@ class Stack:
     crm: Cluster = field(init=False)
     kafka: Broker = field(init=False)
     connect: ConnectWorker = field(init=False)
-    worker: WorkerProcess = field(init=False)
+    workers: list[WorkerProcess] = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -83,7 +83,23 @@ class Stack:
         self.crm = Cluster(s, s.crm)
         self.kafka = Broker(s)
         self.connect = ConnectWorker(s)
-        self.worker = WorkerProcess(s)
+        self.workers = [WorkerProcess(s, index) for index in range(1, s.workers + 1)]
+
+    @property
+    def worker(self) -> WorkerProcess:
+        """The first worker: the one whose web port is OFISYNC_WEB."""
+        return self.workers[0]
+
+    def start_workers(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def stop_workers(self) -> bool:
+        """Stops every worker of the stack, also those an earlier `up` started with a larger
+        OFISYNC_WORKERS; whether any was running."""
+        indices = {w.index for w in self.workers} | worker_indices(self.settings)
+        stopped = [WorkerProcess(self.settings, index).stop() for index in sorted(indices)]
+        return any(stopped)
 
     def ports(self) -> list[tuple[str, Endpoint, Callable[[], int | None]]]:
         s = self.settings
@@ -93,7 +109,7 @@ class Stack:
             ("Kafka", s.kafka, self.kafka.pid),
             ("Kafka controller", s.kafka_controller, self.kafka.pid),
             ("Kafka Connect", s.connect, self.connect.pid),
-            ("worker web", s.web, self.worker.pid),
+            *((f"{w.name} web", w.settings.web, w.pid) for w in self.workers),
         ]
 
     def check_ports(self) -> None:
@@ -146,8 +162,9 @@ class Stack:
                         self.connect.restart_failed(side)
                     wait_streaming(s, self.connect, cluster.db)
             if with_worker:
-                with progress.step(f"ofisync worker, web on {s.web}"):
-                    _start(self.worker, started)
+                for worker in self.workers:
+                    with progress.step(f"ofisync {worker.name}, web on {worker.settings.web}"):
+                        _start(worker, started)
         except BaseException:
             for stop in reversed(started):
                 try:
@@ -172,7 +189,7 @@ class Stack:
 
     def down(self, progress: Progress) -> None:
         for title, stop in (
-            ("worker", self.worker.stop),
+            ("workers" if self.settings.workers > 1 else "worker", self.stop_workers),
             ("Kafka Connect", self.connect.stop),
             ("Kafka", self.kafka.stop),
             ("OfiCrmTravel PostgreSQL", self.crm.stop),
@@ -213,14 +230,15 @@ class Stack:
             if connect_up:
                 st = self.connect.connector_status(db.side)
             connectors.append(st | {"healthy": is_running(st)})
-        worker_state = (self.worker.health() or {}).get("state", "down")
-        worker_pid = self.worker.pid()
-        add(
-            "worker",
-            worker_pid,
-            s.web_url,
-            worker_pid is not None and worker_state == "running",
-            state=worker_state,
-        )
+        for worker in self.workers:
+            worker_state = (worker.health() or {}).get("state", "down")
+            worker_pid = worker.pid()
+            add(
+                worker.name,
+                worker_pid,
+                worker.settings.web_url,
+                worker_pid is not None and worker_state == "running",
+                state=worker_state,
+            )
         healthy = all(c["healthy"] for c in components) and all(c["healthy"] for c in connectors)
         return {"healthy": healthy, "components": components, "connectors": connectors}

@@ -19,11 +19,10 @@ class WorkerProcess:
     """Worker `index` of the local stack: the first is the stack's own; more share its consumer
     group (and so its partitions), each with its web port moved up by its index."""
 
-    name = "worker"
-
     def __init__(self, settings: Settings, index: int = 1) -> None:
         suffix = "" if index == 1 else f"-{index}"
         self.index = index
+        self.name = f"worker{suffix}"
         self.settings = (
             settings
             if index == 1
@@ -71,3 +70,15 @@ class WorkerProcess:
 
     def stop(self) -> bool:
         return terminate(self.pid_file, grace=30)
+
+
+def worker_indices(settings: Settings) -> set[int]:
+    """The indices of the workers whose pid files the stack holds (running or not)."""
+    found = set()
+    for path in settings.run.glob("worker*.pid"):
+        suffix = path.stem.removeprefix("worker").removeprefix("-")
+        if suffix == "":
+            found.add(1)
+        elif suffix.isdigit():
+            found.add(int(suffix))
+    return found

@@ -54,7 +54,10 @@ function tile(id, text, bad) {
 }
 
 function render(s) {
-  $("sampled").textContent = `sampled ${new Date(s.sampled_at * 1000).toLocaleTimeString()}`;
+  const share = s.worker && s.worker.of > 1
+    ? ` · ${s.worker.name} of ${s.worker.of} workers: rates, latency and busy are its share`
+    : "";
+  $("sampled").textContent = `sampled ${new Date(s.sampled_at * 1000).toLocaleTimeString()}${share}`;
   const verdict = $("verdict");
   verdict.replaceChildren();
   if (s.problems.length) {

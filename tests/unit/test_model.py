@@ -6,12 +6,13 @@ import dataclasses
 import datetime as dt
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.core.contract import ENTITIES
 from streams.core.model import Kind, Side, canonical, to_db
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 
 
 def test_known_debezium_forms() -> None:
@@ -47,6 +48,16 @@ def test_settings_defaults_are_the_contract_s() -> None:
     assert str(s.crm.endpoint) == "127.0.0.1:55433" and s.crm.dbname == "oficrm"
     assert str(s.kafka) == "127.0.0.1:9092" and str(s.connect) == "127.0.0.1:8083"
     assert str(s.web) == "127.0.0.1:6066"
+
+
+def test_the_stack_runs_one_worker_unless_told_and_no_more_than_the_partitions() -> None:
+    assert Settings.from_env({}).workers == 1
+    assert Settings.from_env({"OFISYNC_WORKERS": "2"}).workers == 2
+    assert Settings.from_env({"OFISYNC_WORKERS": "6", "OFISYNC_PARTITIONS": "6"}).workers == 6
+    with pytest.raises(SettingsError, match="OFISYNC_WORKERS='0' must be a whole number"):
+        Settings.from_env({"OFISYNC_WORKERS": "0"})
+    with pytest.raises(SettingsError, match="OFISYNC_WORKERS=5 is more than OFISYNC_PARTITIONS=4"):
+        Settings.from_env({"OFISYNC_WORKERS": "5"})
 
 
 def test_passwords_stay_out_of_repr_and_safe_dsn() -> None:
