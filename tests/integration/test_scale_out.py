@@ -1,9 +1,10 @@
 """Scale-out on the local stack: two Kafka Connect workers in one distributed group keep the
-connectors running when one is lost; two ofisync workers share the partitions (see also
-test_faults' two-workers scenario, which kills one under load)."""
+connectors running when one is lost; two ofisync workers (OFISYNC_WORKERS=2) share the
+partitions (see also test_faults' two-workers scenario, which kills one under load)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
@@ -71,9 +72,15 @@ def test_a_connector_survives_the_loss_of_one_connect_worker(
 
 
 def test_two_ofisync_workers_share_the_partitions(stack: Stack, erp: str, crm: str) -> None:
+    two = {"OFISYNC_WORKERS": "2"}
+    ofisync("up", env=two)  # the stack's worker runs already: only the second starts
     second = WorkerProcess(stack.settings, index=2)
-    second.start()
     try:
+        status = json.loads(ofisync("status", "--json", env=two).stdout)
+        workers = {c["name"]: c for c in status["components"] if c["name"].startswith("worker")}
+        assert set(workers) == {"worker", "worker-2"}, workers
+        assert workers["worker-2"]["healthy"] and workers["worker-2"]["pid"] == second.pid()
+        assert workers["worker-2"]["endpoint"].endswith(f":{stack.settings.web.port + 1}")
         group = stack.settings.worker_group
 
         def members() -> int:
