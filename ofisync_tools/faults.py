@@ -169,7 +169,8 @@ def _release_crm_rows(stack: Stack, ctx: dict[str, Any]) -> None:
 
 
 def _second_worker_then_kill_first(stack: Stack, ctx: dict[str, Any]) -> None:
-    second = WorkerProcess(stack.settings, index=2)
+    # One more than the stack runs (OFISYNC_WORKERS), so that stopping it leaves the stack's own.
+    second = WorkerProcess(stack.settings, index=len(stack.workers) + 1)
     second.start()
     ctx["second"] = second
     time.sleep(5)  # the group rebalances over both; then the first dies mid-stream
