@@ -9,6 +9,7 @@ PostgreSQL parses back into the column's type.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from functools import cache, lru_cache, partial
 from typing import Any
@@ -55,6 +56,12 @@ _json = partial(orjson.dumps, default=_json_default)
 
 def json_rows(rows: Any) -> Jsonb:
     return Jsonb(rows, dumps=_json)
+
+
+def int_array(values: Iterable[int]) -> str:
+    """Ids as a PostgreSQL array literal, for a `%s::bigint[]` parameter: psycopg dumps a list
+    element by element (2.5 ms for the 2,000 ids of a batch, five times as long as this)."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 # A row's clocks with every entry resolved to µs (ofisync.clock_us): what the sink decides

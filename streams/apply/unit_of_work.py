@@ -46,7 +46,11 @@ async def select_rows(
     """The rows of `entity` on `side` with these ids, or linked (or, flagged, once linked) to
     these ids of the other side; locked, with their resolved clocks (CLOCKS)."""
     by_link = entity.link(side) is not None and bool(links)
-    params = [list(ids), list(links), list(links)] if by_link else [list(ids)]
+    params = (
+        [q.int_array(ids), q.int_array(links), q.int_array(links)]
+        if by_link
+        else [q.int_array(ids)]
+    )
     cur = await conn.execute(q.select_sql(entity, side, by_link), params)
     return _rows(entity, side, await cur.fetchall())
 
@@ -379,7 +383,7 @@ class WorkingSet:
             return
         columns = tuple(sorted({c for write in patches.values() for c in write["patch"]}))
         await self.conn.execute(
-            q.update_sql(table, columns), (list(patches), json_rows(list(patches.values())))
+            q.update_sql(table, columns), (q.int_array(patches), json_rows(list(patches.values())))
         )
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.apply.statements import _json, row_columns
+from streams.apply.statements import _json, int_array, row_columns
 from streams.apply.unit_of_work import too_long
 from streams.core.contract import CLIENT, FILE, SEGMENT
 from streams.core.model import Kind, Side, to_db
@@ -65,3 +65,9 @@ def test_a_value_too_long_is_named_by_its_column() -> None:
         "expedientes.descripcion holds 200 characters, the value has 250"
     ]
     assert too_long([], limits) == []
+
+
+def test_ids_go_to_postgresql_as_one_array_literal() -> None:
+    assert int_array([3, 1, 20]) == "{3,1,20}"
+    assert int_array({7: "a write", 8: "another"}) == "{7,8}"  # a batch's patches, by id
+    assert int_array([]) == "{}"
