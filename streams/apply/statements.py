@@ -67,8 +67,8 @@ def int_array(values: Iterable[int]) -> str:
 # A row's clocks with every entry resolved to µs (ofisync.clock_us): what the sink decides
 # conflicts with. Read in the statement that locks the row, from the row version it locked, so a
 # change committed while the sink waited for the lock is seen with its own clock. A subquery, not
-# a function: a SQL function that aggregates is not inlined, and calling one per row made the
-# sink's read of 2,000 rows take 90 ms instead of 20.
+# a function: PostgreSQL never inlines a SQL function that aggregates, and calling one costs it
+# about 45 µs a row (a batch's read of 2,000 rows: 90 ms, against 20 with the subquery).
 RESOLVED_CLOCKS = (
     "(SELECT coalesce(jsonb_object_agg(e.key, ofisync.clock_us(e.value)), '{}')"
     " FROM jsonb_each_text(ofisync_clocks) e)"

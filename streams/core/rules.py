@@ -259,8 +259,8 @@ def _update_values(
 ) -> tuple[FieldValue, ...] | None:
     """A field-level update's values: every field with its before-image, the changed ones with
     this change's clock and the one they replaced; None when no field changed. (The worker's
-    hottest loop: a plain loop and `_make` build them in half the time a generator of
-    `FieldValue(...)` calls took.)"""
+    hottest loop: a plain loop and `_make` build them in half the time of a generator of
+    `FieldValue(...)` calls.)"""
     make = FieldValue._make
     values = []
     bases: dict[str, int | None] | None = None
