@@ -7,7 +7,6 @@ Secrets are kept out of `repr` so they never reach a log line by accident.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -80,18 +79,6 @@ def _positive(value: str, variable: str) -> int:
     return int(value)
 
 
-def _workers(e: Mapping[str, str]) -> int:
-    workers = _positive(e.get("OFISYNC_WORKERS", "1"), "OFISYNC_WORKERS")
-    partitions = _positive(e.get("OFISYNC_PARTITIONS", "4"), "OFISYNC_PARTITIONS")
-    if workers > partitions:
-        raise SettingsError(
-            f"OFISYNC_WORKERS={workers} is more than OFISYNC_PARTITIONS={partitions}: a worker past"
-            " the partitions gets no work. Run fewer workers, or raise OFISYNC_PARTITIONS before"
-            " the topics are created"
-        )
-    return workers
-
-
 def _policy(value: str) -> Policy:
     try:
         return Policy(value)
@@ -135,6 +122,14 @@ class Settings:
     # machine's cores share the work (one process runs its Python on one core at a time).
     workers: int = 1
 
+    def __post_init__(self) -> None:
+        if self.workers > self.partitions:
+            raise SettingsError(
+                f"OFISYNC_WORKERS={self.workers} is more than OFISYNC_PARTITIONS={self.partitions}:"
+                " a worker past the partitions gets no work. Run fewer workers, or raise"
+                " OFISYNC_PARTITIONS before the topics are created"
+            )
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         e = dict(os.environ if env is None else env)
@@ -175,7 +170,7 @@ class Settings:
             else None,
             conflict_policy=_policy(e.get("OFISYNC_CONFLICT_POLICY", Policy.LATER_WINS.value)),
             worker_name=e.get("OFISYNC_WORKER_NAME", "worker1"),
-            workers=_workers(e),
+            workers=_positive(e.get("OFISYNC_WORKERS", "1"), "OFISYNC_WORKERS"),
         )
 
     # Names derived from the tenant, so several agencies can share one Kafka cluster.

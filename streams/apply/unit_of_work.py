@@ -46,11 +46,8 @@ async def select_rows(
     """The rows of `entity` on `side` with these ids, or linked (or, flagged, once linked) to
     these ids of the other side; locked, with their resolved clocks (CLOCKS)."""
     by_link = entity.link(side) is not None and bool(links)
-    params = (
-        [q.int_array(ids), q.int_array(links), q.int_array(links)]
-        if by_link
-        else [q.int_array(ids)]
-    )
+    linked = q.int_array(links)  # matched twice: by link, and by the link a flagged row had
+    params = [q.int_array(ids), linked, linked] if by_link else [q.int_array(ids)]
     cur = await conn.execute(q.select_sql(entity, side, by_link), params)
     return _rows(entity, side, await cur.fetchall())
 
