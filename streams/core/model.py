@@ -37,13 +37,19 @@ class Side(StrEnum):
 
     @property
     def other(self) -> Side:
-        return Side.CRM if self is Side.ERP else Side.ERP
+        return _CRM if self is _ERP else _ERP
 
     @property
     def inbound(self) -> str:
         """The direction of the changes this side receives, as metrics and the dashboard name
         it ("erp_to_crm" for the CRM)."""
         return f"{self.other.value}_to_{self.value}"
+
+
+# The sides as module names for the per-change paths: reading a member off an Enum class goes
+# through EnumType's attribute hook (0.17 µs in Python 3.11, against 0.02 for a global), and the
+# worker asks which side it is a few dozen times a change.
+_ERP, _CRM = Side.ERP, Side.CRM
 
 
 class Kind(StrEnum):
@@ -115,15 +121,15 @@ class Field:
 
     def name(self, side: Side) -> str:
         """The column read on `side` when it is the source."""
-        return self.erp if side is Side.ERP else self.crm
+        return self.erp if side is _ERP else self.crm
 
     def column(self, side: Side) -> str:
         """The column written on `side` when it is the target."""
-        target = self.erp_target if side is Side.ERP else self.crm_target
+        target = self.erp_target if side is _ERP else self.crm_target
         return target or self.name(side)
 
     def kind_on(self, side: Side) -> Kind:
-        return self.crm_kind or self.kind if side is Side.CRM else self.kind
+        return self.crm_kind or self.kind if side is _CRM else self.kind
 
 
 @dataclass(frozen=True)
@@ -161,21 +167,21 @@ class Entity:
         return hash(self.name)
 
     def table(self, side: Side) -> str:
-        return self.erp_table if side is Side.ERP else self.crm_table
+        return self.erp_table if side is _ERP else self.crm_table
 
     def link(self, side: Side) -> str | None:
         """The column on `side`'s table that holds the other side's id."""
-        return self.erp_link if side is Side.ERP else self.crm_link
+        return self.erp_link if side is _ERP else self.crm_link
 
     def number(self, side: Side) -> str | None:
-        return self.erp_number if side is Side.ERP else self.crm_number
+        return self.erp_number if side is _ERP else self.crm_number
 
     def link_number(self, side: Side) -> str | None:
         """The column on `side`'s table that keeps the other side's record number."""
-        return self.erp_link_number if side is Side.ERP else self.crm_link_number
+        return self.erp_link_number if side is _ERP else self.crm_link_number
 
     def marker(self, side: Side) -> dict[str, str]:
-        return dict(self.erp_marker) if side is Side.ERP else {}
+        return dict(self.erp_marker) if side is _ERP and self.erp_marker else {}
 
     @property
     def parent(self) -> Field | None:
@@ -190,10 +196,19 @@ class Entity:
         """The fields by their column on `side` (computed once per entity and side)."""
         return _by_column(self, side)
 
+    def read(self, source: Side) -> frozenset[str]:
+        """The columns read on `source` (computed once per entity and side)."""
+        return _read(self, source)
+
 
 @cache
 def _by_column(entity: Entity, side: Side) -> dict[str, Field]:
     return {f.column(side): f for f in entity.fields}
+
+
+@cache
+def _read(entity: Entity, source: Side) -> frozenset[str]:
+    return frozenset(f.name(source) for f in entity.fields)
 
 
 @cache
@@ -244,12 +259,8 @@ class CommandOp(StrEnum):
     ALIGN = "align"
 
 
-SELF_TARGETED = (
-    CommandOp.RESTORE,
-    CommandOp.ZERO_PLACEHOLDERS,
-    CommandOp.REAPPLY,
-    CommandOp.ALIGN,
-)
+# What goes to the other side; every other op is about the source's own record.
+_UPSERT, _DELETE = CommandOp.UPSERT, CommandOp.DELETE
 
 
 class FieldValue(NamedTuple):
@@ -282,7 +293,10 @@ class Command(NamedTuple):
 
     @property
     def target(self) -> Side:
-        return self.source if self.op in SELF_TARGETED else self.source.other
+        source, op = self.source, self.op
+        if op is _UPSERT or op is _DELETE:
+            return _CRM if source is _ERP else _ERP
+        return source
 
     @property
     def origin_key(self) -> tuple[str, str, str, int]:
@@ -294,7 +308,10 @@ class Command(NamedTuple):
         return f"{self.entity}:{self.source.value}:{self.source_key}".encode()
 
     def changed(self) -> tuple[FieldValue, ...]:
-        return tuple(v for v in self.values if v.changed or self.full)
+        """The values that changed: all of them in a full push."""
+        if self.full:
+            return self.values
+        return tuple([v for v in self.values if v.changed])
 
     def value(self, field_name: str) -> FieldValue | None:
         return next((v for v in self.values if v.field == field_name), None)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.core.contract import ENTITIES
-from streams.core.model import Kind, Side, canonical, to_db
+from streams.core.model import Command, CommandOp, Kind, Side, canonical, to_db
 from streams.settings import Settings, SettingsError
 
 
@@ -72,3 +72,24 @@ def test_equal_entities_hash_alike_and_share_their_caches() -> None:
         assert copy is not entity and copy == entity and hash(copy) == hash(entity)
         assert copy.crossing(Side.ERP) == entity.crossing(Side.ERP)
     assert len({hash(e) for e in ENTITIES.values()}) == len(ENTITIES)
+
+
+@pytest.mark.parametrize("source", list(Side))
+def test_upserts_and_deletes_go_to_the_other_side_and_the_rest_to_the_source(source: Side) -> None:
+    crossing = {CommandOp.UPSERT, CommandOp.DELETE}
+    for op in CommandOp:
+        cmd = Command(source, "client", op, "1", None, 1, 1, full=False, values=())
+        assert cmd.target is (source.other if op in crossing else source), op
+    assert Side.ERP.other is Side.CRM and Side.CRM.other is Side.ERP
+
+
+def test_each_side_reads_and_writes_its_own_columns() -> None:
+    entity = ENTITIES["client"]
+    assert (entity.table(Side.ERP), entity.table(Side.CRM)) == (entity.erp_table, entity.crm_table)
+    assert (entity.link(Side.ERP), entity.link(Side.CRM)) == (entity.erp_link, entity.crm_link)
+    assert entity.erp_table != entity.crm_table and entity.erp_link != entity.crm_link
+    seller = next(f for e in ENTITIES.values() for f in e.fields if f.crm_kind is not None)
+    assert seller.kind_on(Side.CRM) is seller.crm_kind and seller.kind_on(Side.ERP) is seller.kind
+    assert seller.crm_kind is not seller.kind
+    renamed = next(f for e in ENTITIES.values() for f in e.fields if f.erp != f.crm)
+    assert (renamed.name(Side.ERP), renamed.name(Side.CRM)) == (renamed.erp, renamed.crm)
