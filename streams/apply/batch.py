@@ -74,7 +74,7 @@ class BatchTransaction:
             writes = [c for c in commands if row_write(c) or c.op is CommandOp.REAPPLY]
             self.flagged_at_source = await self._flagged_at_source(commands)
             await self.ws.load(writes)
-            await self.records.prepare(self.ws, writes)
+            await self.records.prepare(self.ws)
             self.claimed = await parking.claim(self.conn, parked.values())
             for cmd in commands:
                 await self._one(cmd, parked.get(id(cmd)))

@@ -90,15 +90,15 @@ class Records:
 
     # --- before the batch's commands: the records new ones may be -----------------------------
 
-    async def prepare(self, ws: WorkingSet, commands: Sequence[Command]) -> None:
-        """Reads, set-wise, the target's records that the batch's new records may match."""
+    async def prepare(self, ws: WorkingSet) -> None:
+        """Reads, set-wise, the target's records that the batch's new records (the upserts
+        `ws.load` found no row for) may match."""
         keys: dict[str, set[str]] = {}
-        for cmd in commands:
+        for cmd in ws.unfound:
             entity = ENTITIES[cmd.entity]
-            if cmd.op is CommandOp.UPSERT and ws.cached(entity, cmd) is None:
-                key = self._match_key(entity, cmd.values)
-                if key is not None:
-                    keys.setdefault(entity.name, set()).add(key)
+            key = self._match_key(entity, cmd.values)
+            if key is not None:
+                keys.setdefault(entity.name, set()).add(key)
         for name, wanted in keys.items():
             await ws.load_candidates(ENTITIES[name], wanted)
 
@@ -184,9 +184,10 @@ class Records:
     ) -> Applied | Rejected:
         side = self.target
         columns: dict[str, Any] = {v.column: to_db(v.kind, v.after) for v in values}
-        too_long = self._too_long(entity, columns)
+        too_long = _long_columns(entity, side, columns, self.limits())
         if too_long:
-            return Rejected(f"{'; '.join(too_long)}: shorten it at the source")
+            said = "; ".join(_too_long_said(entity, side, too_long))
+            return Rejected(f"{said}: shorten it at the source")
         link = entity.link(side)
         assert link is not None
         columns[link] = int(cmd.source_key)
@@ -253,10 +254,10 @@ class Records:
                 stamps[v.column] = at
             elif decision.conflict and cmd.full and v.via is not Via.NUMBER:
                 kept.append(v.column)  # the target's value won: the source takes it
-        held = self._too_long(entity, updates)
+        held = _long_columns(entity, side, updates, self.limits()) if updates else []
         if held:
-            limited = {column for column, _ in _long_columns(entity, side, updates, self.limits())}
-            reason = f"{'; '.join(held)}: shorten it at the source"
+            limited = {column for column, _ in held}
+            reason = f"{'; '.join(_too_long_said(entity, side, held))}: shorten it at the source"
             result.dead.append((_restricted(cmd, limited), reason))
             for column in limited:
                 updates.pop(column, None)
@@ -281,12 +282,6 @@ class Records:
             return applied
         ws.update(entity, row, changes, stamps, lsn=cmd.lsn)
         return applied
-
-    def _too_long(self, entity: Entity, columns: Mapping[str, Any]) -> list[str]:
-        return [
-            f"{entity.table(self.target)}.{column} holds {most} characters, the value has {n}"
-            for column, (most, n) in _long_columns(entity, self.target, columns, self.limits())
-        ]
 
     async def zeroing(self, ws: WorkingSet, columns: Mapping[str, Any]) -> bool:
         """A placeholder of a file that already has PNR tickets is 0, when the agency wants."""
@@ -349,6 +344,15 @@ def _long_columns(
         if isinstance(value, str) and most is not None and len(value) > most:
             found.append((column, (most, len(value))))
     return found
+
+
+def _too_long_said(
+    entity: Entity, side: Side, long: list[tuple[str, tuple[int, int]]]
+) -> list[str]:
+    table = entity.table(side)
+    return [
+        f"{table}.{column} holds {most} characters, the value has {n}" for column, (most, n) in long
+    ]
 
 
 def _restricted(cmd: Command, columns: set[str]) -> Command:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -15,9 +15,9 @@ from streams.core.model import Command, Entity, Via
 PERMANENT = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 
 
-@dataclass(frozen=True)
-class Applied:
-    """The target row a command wrote (its id, and its own record number if it has one)."""
+class Applied(NamedTuple):
+    """The target row a command wrote (its id, and its own record number if it has one); a
+    named tuple, built for every change applied."""
 
     target_id: int
     number: str | None = None

@@ -27,11 +27,15 @@ Row = dict[str, Any]
 
 
 def _rows(entity: Entity, side: Side, found: Iterable[Sequence[Any]]) -> list[Row]:
+    """Rows as dicts: the columns of `row_columns`, then the resolved clocks (CLOCKS)."""
     names = q.row_columns(entity, side)
+    width = len(names) + 1
     rows = []
     for values in found:
-        row = dict(zip(names, values[: len(names)], strict=True))
-        row[CLOCKS] = values[len(names)] or {}
+        if len(values) != width:
+            raise ValueError(f"a row of {len(values)} values for {width} names: {names}")
+        row = dict(zip(names, values, strict=False))  # to the last name: the clocks follow
+        row[CLOCKS] = values[-1] or {}
         rows.append(row)
     return rows
 
@@ -78,6 +82,8 @@ class WorkingSet:
         # Matching key → target rows a new record may be (streams/core/matching.py).
         self._candidates: dict[str, dict[str, list[int]]] = defaultdict(dict)
         self._pnr_files: dict[int, bool] = {}  # OfiViaje file id → holds PNR tickets
+        # The upserts `load` found no target row for: new records, or ones to match.
+        self.unfound: list[Command] = []
 
     def _forget_writes(self) -> None:
         self._inserts: dict[str, list[tuple[Row, str | None]]] = defaultdict(list)
@@ -153,14 +159,16 @@ class WorkingSet:
                     if value is not None
                 }
                 await self._load_parents(ENTITIES[parent_field.ref], wanted)
-        for name, group in by_entity.items():
-            entity = ENTITIES[name]
-            new = {
-                c.source_key
-                for c in group
-                if c.op is CommandOp.UPSERT and self.cached(entity, c) is None
-            }
-            await self._reserve_ids(entity, len(new))
+        self.unfound = [
+            c
+            for c in commands
+            if c.op is CommandOp.UPSERT and self.cached(ENTITIES[c.entity], c) is None
+        ]
+        new: dict[str, set[str]] = defaultdict(set)
+        for c in self.unfound:
+            new[c.entity].add(c.source_key)
+        for name, keys in new.items():
+            await self._reserve_ids(ENTITIES[name], len(keys))
 
     async def load_candidates(self, entity: Entity, keys: Iterable[str]) -> None:
         """Reads the rows that new records with these matching keys may be (by tax id for
@@ -221,13 +229,20 @@ class WorkingSet:
         return None if target_id is None else rows.get(target_id)
 
     async def find(self, entity: Entity, cmd: Command) -> Row | None:
-        """The target row of `cmd` (see `cached`), read when it was not."""
+        """The target row of `cmd` (see `cached`), read when it was not (a batch's rows were
+        read together before its commands run, so this reads only after `forget`)."""
+        table = entity.table(self.target)
+        source_id = int(cmd.source_key)
+        loaded = self._loaded_ids[table]
         if cmd.target is cmd.source:
-            await self._load(entity, [int(cmd.source_key)], [])
+            if source_id not in loaded:
+                await self._load(entity, [source_id], [])
         else:
-            links = [int(cmd.source_key)] if entity.link(self.target) else []
-            ids = [int(cmd.link_key)] if cmd.link_key is not None else []
-            await self._load(entity, ids, links)
+            ids = [] if cmd.link_key is None else [int(cmd.link_key)]
+            links = [source_id] if entity.link(self.target) else []
+            known = self._by_link[table]
+            if any(i not in loaded for i in ids) or any(v not in known for v in links):
+                await self._load(entity, ids, links)
         return self.cached(entity, cmd)
 
     async def parent_id(self, parent: Entity, source_id: int) -> int | None:

@@ -59,6 +59,7 @@ class Decision(NamedTuple):
 
 
 SAME = Decision(apply=False, conflict=False)
+APPLY = Decision(apply=True, conflict=False)
 RESTAMP = Decision(apply=False, conflict=False, restamp=True)
 
 
@@ -77,7 +78,7 @@ def decide(incoming: Incoming, current: Current, policy: Policy) -> Decision:
         or current.clock_us != incoming.base
     )
     if not concurrent:
-        return Decision(apply=True, conflict=False)
+        return APPLY
     return Decision(apply=_wins(incoming, clock, policy), conflict=not incoming.replay)
 
 
