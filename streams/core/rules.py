@@ -216,8 +216,8 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
     if send_when is not None and after.get(send_when[0]) != send_when[1]:
         return Skip(f"{send_when[0]} is not {send_when[1]!r}")
     crossing = entity.crossing(side)
-    missing = [read for read, _ in crossing if read not in after]
-    if missing:
+    if not after.keys() >= entity.read(side):
+        missing = [read for read, _ in crossing if read not in after]
         return Invalid(f"{ev.table} change lacks synced column(s) {', '.join(missing)}")
 
     before = ev.before

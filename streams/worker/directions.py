@@ -16,6 +16,7 @@ and applied to that side as history.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -67,10 +68,13 @@ class Direction:
 
     async def prepare(self, messages: list[Any]) -> Prepared:
         prepared = Prepared()
+        outcomes: Counter[tuple[str, str]] = Counter()  # counted once a batch, not a message
         async for message in in_turns(messages):
-            command = await self._route(message)
+            command = await self._route(message, outcomes)
             if command is not None:
                 prepared.add(command, message)
+        for (topic, outcome), n in outcomes.items():
+            count(topic, self.tenant, outcome, n)
         return prepared
 
     async def work(self, prepared: Prepared) -> None:
@@ -82,22 +86,23 @@ class Direction:
             result = await self.applier.apply(self.source.other, there, origins)
             await self.applier.apply(self.source, [*here, *result.aligns], origins)
 
-    async def _route(self, message: Any) -> Command | None:
+    async def _route(self, message: Any, outcomes: Counter[tuple[str, str]]) -> Command | None:
+        topic = message.topic
         try:
-            outcome = route(message.topic, message.key, message.value, self.tenant)
+            outcome = route(topic, message.key, message.value, self.tenant)
         except Exception as exc:  # a bug must not stop the line: park the input
-            log.exception("capture failed on %s@%s", message.topic, message.offset)
+            log.exception("capture failed on %s@%s", topic, message.offset)
             await self.dead.send("capture", f"internal error: {exc!r}", message)
             return None
         if isinstance(outcome, Command):
-            count(message.topic, self.tenant, "command")
+            outcomes[topic, "command"] += 1
             return outcome
         if isinstance(outcome, Echo):  # one written otherwise than Connect writes it
-            count(message.topic, self.tenant, "echo")
+            outcomes[topic, "echo"] += 1
         elif isinstance(outcome, Skip | Ignored):
-            count(message.topic, self.tenant, "skipped")
+            outcomes[topic, "skipped"] += 1
         elif isinstance(outcome, DecodeError | Invalid):
-            count(message.topic, self.tenant, "dead")
+            outcomes[topic, "dead"] += 1
             stage = "decode" if isinstance(outcome, DecodeError) else "rules"
             await self.dead.send(stage, outcome.reason, message)
         return None
@@ -148,7 +153,7 @@ def _counters(topic: str, tenant: str, outcome: str) -> tuple[Any, ...]:
     return (changes, metrics.ECHOES.labels(source)) if outcome == "echo" else (changes,)
 
 
-def count(topic: str, tenant: str, outcome: str) -> None:
-    """One captured change of `topic`, by what became of it."""
+def count(topic: str, tenant: str, outcome: str, n: int = 1) -> None:
+    """`n` captured changes of `topic`, by what became of them."""
     for counter in _counters(topic, tenant, outcome):
-        counter.inc()
+        counter.inc(n)

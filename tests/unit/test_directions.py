@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from streams.core.model import Side
+from streams.worker import metrics
 from streams.worker.batching import TURN_ITEMS
 from streams.worker.directions import Direction
 
@@ -35,6 +36,12 @@ def test_a_long_preparation_lets_the_work_before_it_take_turns() -> None:
         task.cancel()
         return seen, len(prepared.commands)
 
+    def skipped() -> float:
+        labels = {"source": "erp", "outcome": "skipped"}
+        return metrics.REGISTRY.get_sample_value("ofisync_changes_total", labels) or 0.0
+
+    counted = skipped()
     turns, commands = asyncio.run(scenario())
     assert commands == 0
+    assert skipped() - counted == 3 * TURN_ITEMS  # each message counted, by what became of it
     assert turns >= 2  # at least once every TURN_ITEMS messages, not only once it is done
