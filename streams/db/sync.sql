@@ -159,8 +159,14 @@ BEGIN
                    ' WHERE ofisync_unlinked_from IS NOT NULL',
                    replace(p_table::text, '.', '_') || '_ofisync_unlinked_from', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS ofisync_on_write ON %s', p_table);
+    -- Not run for a write of the sync's to a row the sync last wrote under the same mark: the
+    -- trigger would leave such a row as it is (it was a quarter of the sink's UPDATE time).
     EXECUTE format('CREATE TRIGGER ofisync_on_write BEFORE INSERT OR UPDATE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION ofisync.on_write()', p_table);
+                   'FOR EACH ROW WHEN (NEW.ofisync_writer IS NOT NULL'
+                   ' OR NEW.ofisync_origin IS NULL'
+                   ' OR NEW.ofisync_origin IS DISTINCT FROM'
+                   ' nullif(current_setting(''ofisync.origin'', true), ''''))'
+                   ' EXECUTE FUNCTION ofisync.on_write()', p_table);
 END
 $$;
 

@@ -1,0 +1,84 @@
+"""The write trigger on a synced table (streams/db/sync.sql): what each write leaves in the row's
+sync columns, whoever wrote last. The trigger is not run for a write of the sync's to a row it
+last wrote under the same mark; the row must end as if it had been."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from streams.core.model import Side
+from streams.settings import Settings
+from tests.component.helpers import dsn, one, tag
+
+Marks = tuple[str | None, str | None, Any]
+
+
+def write(settings: Settings, origin: str | None, sql: str, params: Any) -> None:
+    with psycopg.connect(dsn(settings, Side.CRM), autocommit=True) as conn:
+        if origin is not None:
+            conn.execute("SELECT set_config('ofisync.origin', %s, false)", (origin,))
+        conn.execute(sql, params)
+
+
+def marks(settings: Settings, account: int) -> Marks:
+    return one(  # type: ignore[no-any-return]
+        settings,
+        Side.CRM,
+        "SELECT ofisync_origin, ofisync_writer, ofisync_clocks FROM accounts WHERE id = %s",
+        (account,),
+    )
+
+
+def test_each_write_leaves_its_writer_whoever_wrote_before(databases: Settings) -> None:
+    name = f"trigger {tag()}"
+    account = one(
+        databases, Side.CRM, "INSERT INTO accounts (name) VALUES (%s) RETURNING id", (name,)
+    )
+    origin, writer, clocks = marks(databases, account)
+    assert origin is None and writer is not None and writer.startswith("postgres")
+    assert clocks is None
+
+    notes = "UPDATE accounts SET notes = %s WHERE id = %s"
+    write(databases, "sync", notes, ("from the sync", account))  # after a person's write
+    assert marks(databases, account) == ("sync", None, None)
+
+    write(databases, "sync", notes, ("from the sync again", account))  # after the sync's own
+    assert marks(databases, account) == ("sync", None, None)
+    assert one(databases, Side.CRM, "SELECT notes FROM accounts WHERE id = %s", (account,)) == (
+        "from the sync again"
+    )
+
+    write(databases, None, notes, ("a person's", account))  # after the sync's
+    origin, writer, clocks = marks(databases, account)
+    assert origin is None and writer is not None and writer.startswith("postgres")
+    assert set(clocks) == {"notes"}  # the field the person changed, stamped
+
+    write(databases, "sync", notes, ("the sync's", account))
+    assert marks(databases, account) == ("sync", None, clocks)
+
+    write(databases, "restore", notes, ("restored", account))  # the sync's, another mark
+    assert marks(databases, account) == ("restore", None, clocks)
+
+    # A row the sync last wrote that somehow names a writer is put right by the sync's next write.
+    with psycopg.connect(dsn(databases, Side.CRM), autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")  # no triggers for this one
+        conn.execute(
+            "UPDATE accounts SET ofisync_origin = 'sync', ofisync_writer = 'someone' WHERE id = %s",
+            (account,),
+        )
+    write(databases, "sync", notes, ("the sync's once more", account))
+    assert marks(databases, account) == ("sync", None, clocks)
+
+
+def test_a_person_editing_a_row_from_before_the_sync_is_recorded(databases: Settings) -> None:
+    with psycopg.connect(dsn(databases, Side.CRM), autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")  # as before `ofisync.track`
+        account = conn.execute(
+            "INSERT INTO accounts (name) VALUES (%s) RETURNING id", (f"older {tag()}",)
+        ).fetchone()[0]  # type: ignore[index]
+    assert marks(databases, account) == (None, None, None)
+    write(databases, None, "UPDATE accounts SET city = 'Teruel' WHERE id = %s", (account,))
+    origin, writer, clocks = marks(databases, account)
+    assert origin is None and writer is not None and set(clocks) == {"city"}
