@@ -159,8 +159,8 @@ BEGIN
                    ' WHERE ofisync_unlinked_from IS NOT NULL',
                    replace(p_table::text, '.', '_') || '_ofisync_unlinked_from', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS ofisync_on_write ON %s', p_table);
-    -- Not run for a write of the sync's to a row the sync last wrote under the same mark: the
-    -- trigger would leave such a row as it is (it was a quarter of the sink's UPDATE time).
+    -- Not run for a write of the sync's to a row the sync last wrote under the same mark: it
+    -- would leave such a row as it is, and running it costs a quarter of the sink's UPDATE.
     EXECUTE format('CREATE TRIGGER ofisync_on_write BEFORE INSERT OR UPDATE ON %s '
                    'FOR EACH ROW WHEN (NEW.ofisync_writer IS NOT NULL'
                    ' OR NEW.ofisync_origin IS NULL'
