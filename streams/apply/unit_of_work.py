@@ -13,7 +13,7 @@ itself, so an applied change writes its row and nothing else.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -119,17 +119,19 @@ class WorkingSet:
             if row[DELETED] is not None and row[UNLINKED_FROM] is not None:
                 self._by_former[table][row[UNLINKED_FROM]] = row["id"]
 
-    async def _load(self, entity: Entity, ids: Iterable[int], links: Iterable[int]) -> None:
+    async def _load(self, entity: Entity, ids: Collection[int], links: Collection[int]) -> None:
+        """Reads the rows of these ids and links that no read of this batch has covered."""
         table = entity.table(self.target)
-        known = self._by_link[table]
-        ids = sorted(set(ids) - self._loaded_ids[table])
-        links = sorted({value for value in links if value not in known})
-        if not ids and not links:
-            return
-        self._keep(entity, await select_rows(self.conn, entity, self.target, ids, links))
-        self._loaded_ids[table].update(ids)
-        for value in links:
-            self._by_link[table].setdefault(value, None)
+        loaded, known = self._loaded_ids[table], self._by_link[table]
+        if all(i in loaded for i in ids) and all(v in known for v in links):
+            return  # asked for every command: its row was read with the batch's
+        unread_ids = sorted(set(ids) - loaded)
+        unread_links = sorted({value for value in links if value not in known})
+        found = await select_rows(self.conn, entity, self.target, unread_ids, unread_links)
+        self._keep(entity, found)
+        loaded.update(unread_ids)
+        for value in unread_links:
+            known.setdefault(value, None)
 
     async def load(self, commands: Sequence[Command]) -> None:
         """Reads the target rows of `commands` (row writes) and the parents they name,
@@ -229,20 +231,13 @@ class WorkingSet:
         return None if target_id is None else rows.get(target_id)
 
     async def find(self, entity: Entity, cmd: Command) -> Row | None:
-        """The target row of `cmd` (see `cached`), read when it was not (a batch's rows were
-        read together before its commands run, so this reads only after `forget`)."""
-        table = entity.table(self.target)
-        source_id = int(cmd.source_key)
-        loaded = self._loaded_ids[table]
+        """The target row of `cmd` (see `cached`), read when it was not."""
         if cmd.target is cmd.source:
-            if source_id not in loaded:
-                await self._load(entity, [source_id], [])
+            await self._load(entity, [int(cmd.source_key)], [])
         else:
-            ids = [] if cmd.link_key is None else [int(cmd.link_key)]
-            links = [source_id] if entity.link(self.target) else []
-            known = self._by_link[table]
-            if any(i not in loaded for i in ids) or any(v not in known for v in links):
-                await self._load(entity, ids, links)
+            links = [int(cmd.source_key)] if entity.link(self.target) else []
+            ids = [int(cmd.link_key)] if cmd.link_key is not None else []
+            await self._load(entity, ids, links)
         return self.cached(entity, cmd)
 
     async def parent_id(self, parent: Entity, source_id: int) -> int | None:
