@@ -73,16 +73,16 @@ def looks_like_echo(value: bytes | None) -> bool:
     """Whether captured bytes are the sync's own write, seen without parsing them: an envelope
     as Kafka Connect writes it whose `after` row has a non-empty `ofisync_origin`. Such a message
     decodes to an event with an origin, an echo outside a replay; anything else (or anything
-    written differently) answers False, which means only "decode it". Half of what the worker
-    reads under load are echoes: this lets it drop them at the door."""
+    written differently) answers False, which means only "decode it". On PostgreSQL 15 and older,
+    half of what the worker reads under two-way load are echoes: this drops them undecoded."""
     if value is None or not value.startswith(_AFTER_ROW):
         return False
-    start = value.find(_AFTER)
-    if start < 0:
+    # From the end: most changes carry no origin at all, and one scan says so. The last origin
+    # is `after`'s when `after` has one (it follows `before`, and `source` has none).
+    at = value.rfind(_SYNC_ORIGIN)
+    if at < 0 or value.startswith(b'"', at + len(_SYNC_ORIGIN)):  # an empty origin is no origin
         return False
-    end = value.find(_AFTER_END, start)
-    at = value.find(_SYNC_ORIGIN, start, end) if end > 0 else -1
-    return at >= 0 and value[at + len(_SYNC_ORIGIN)] != 0x22  # an empty origin is no origin
+    return value.rfind(_AFTER, 0, at) >= 0 and value.find(_AFTER_END, at) > 0
 
 
 def decode(

@@ -2,9 +2,9 @@
 
 One agent per direction reads the changes captured on one side and applies them to the other
 (streams/worker/directions.py: one hop); one agent per side reads that side's command topic
-(replays, dead letters retried). Each agent's messages reach its batcher at the door
-(streams/worker/overrides.py), and the batcher acknowledges them only after their work is done
-(streams/worker/batching.py). A release task per side sends parked changes again
+(replays, dead letters retried). Each agent's fetched records reach its batcher a whole fetch at
+a time (streams/worker/overrides.py), and the batcher acknowledges them only after their work is
+done (streams/worker/batching.py). A release task per side sends parked changes again
 (streams/worker/release.py), a listener per database hears the parents other workers link, the
 mapping feed folds the configuration topics into the live mapping, and the observer samples the
 figures the dashboard shows.
@@ -38,7 +38,7 @@ from streams.worker import overrides
 from streams.worker.applying import Applier
 from streams.worker.batching import Batcher
 from streams.worker.dead_letters import DeadLetters
-from streams.worker.directions import Commands, Direction, Prepared, count
+from streams.worker.directions import Commands, Direction, Prepared
 from streams.worker.mapping_feed import MappingFeed
 from streams.worker.release import Releases
 from streams.worker.shutdown import InFlight, SyncWorker, exit_for_restart
@@ -114,14 +114,12 @@ class Worker:
         await self.feed.ready.wait()
 
     def _wire(self, dsns: dict[str, str]) -> None:
-        takers: dict[str, Callable[[Any], None]] = {}
-        captured: list[str] = []
+        takers: dict[str, Callable[[Sequence[Any]], None]] = {}
         for side in Side:
             direction = Direction(
                 side, self.settings.tenant, self.applier, self.dead, self.in_flight, self._ready
             )
             names = self.topics.captured_from(side)
-            captured += names
             batcher = self._agent(
                 side.other.inbound,
                 names,
@@ -129,20 +127,15 @@ class Worker:
                 direction.work,
                 CAPTURE_BATCH,
             )
-            takers |= dict.fromkeys(names, batcher.put)
+            takers |= dict.fromkeys(names, batcher.put_many)
         for side in Side:
             commands = Commands(side, self.applier, self.dead, self.in_flight, self._ready)
             name = self.topics.commands(side)
             batcher = self._agent(
                 f"commands_to_{side.value}", [name], commands.prepare, commands.work, COMMAND_BATCH
             )
-            takers[name] = batcher.put
-        overrides.take_at_the_door(
-            self.app,
-            takers,
-            captured,
-            lambda topic: count(topic, self.settings.tenant, "echo"),
-        )
+            takers[name] = batcher.put_many
+        overrides.hand_over_whole_fetches(self.app, takers)
         for side in Side:
             self.app.task(self.releases.task(self.applier, side, self._ready))
             self.app.task(self._listener(side))
@@ -166,18 +159,16 @@ class Worker:
         work: Callable[[Prepared], Awaitable[None]],
         most: int,
     ) -> Batcher[Any]:
-        """An agent over `topics` whose messages a batcher works through and then acknowledges.
-        They reach the batcher at the door, so the agent's stream receives none: the agent's
-        subscription is what makes Faust fetch the topics. Past its limit the batcher pauses
+        """An agent over `topics` whose records a batcher works through and then acknowledges.
+        They reach the batcher a whole fetch at a time, so the agent's stream receives none: the
+        agent's subscription is what makes Faust fetch the topics. Past its limit the batcher pauses
         the fetching of its topics, so a database that is down holds back only its own
         direction."""
         app = self.app
         wanted = set(topics)
 
-        async def acknowledge(messages: list[Any]) -> None:
-            ack = app.consumer.ack
-            for message in messages:
-                ack(message)
+        async def acknowledge(records: list[Any]) -> None:
+            overrides.acknowledge(app.consumer, records)
 
         def assigned() -> set[Any]:
             return {tp for tp in app.consumer.assignment() if tp.topic in wanted}
@@ -225,7 +216,6 @@ class Worker:
     async def _started(self) -> None:
         self.state = "running"
         await overrides.shorten_fetch_wait(self.app)
-        overrides.hand_over_eagerly(self.app.consumer)
         _settle_garbage_collector()
         log.info(
             "ofisync worker running (tenant %s, conflict policy %s)",

@@ -18,11 +18,11 @@ prepared (a batch of 2,000 captured changes takes the loop for about 200 ms).
 
 Items are handed to `done` (which acknowledges them) in the order they came, and only after
 their work: offsets still move only past committed work, and a record's changes keep their order.
-`put` never waits: it is called from the consumer's loop, which feeds every agent, and a batcher
-whose work waits (its database is down) must not hold the others back. Past `max_waiting` items
-it says so (`on_full`, which pauses fetching its topics), and once half of them are worked through
-it says that too (`on_room`). Should the batcher itself stop on an error (in `done`, say),
-`on_failure` hears of it: left alone, its agent would stall unseen.
+`put_many` never waits: it is called from the consumer's loop, which feeds every agent, and a
+batcher whose work waits (its database is down) must not hold the others back. Past
+`max_waiting` items it says so (`on_full`, which pauses fetching its topics), and once half of
+them are worked through it says that too (`on_room`). Should the batcher itself stop on an error
+(in `done`, say), `on_failure` hears of it: left alone, its agent would stall unseen.
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ class Batcher(Generic[T]):
         self._arrived = asyncio.Event()
         self.full = False
 
-    def put(self, item: T) -> None:
-        self._waiting.append(item)
+    def put_many(self, items: Sequence[T]) -> None:
+        self._waiting.extend(items)
         self._arrived.set()
         if len(self._waiting) >= self._max_waiting:
             self.full = True
             if self._on_full is not None:
-                self._on_full()  # again for each item past the limit: a rebalance may undo it
+                self._on_full()  # again for each hand-over past the limit: a rebalance undoes it
 
     def take(self) -> list[T]:
         """The next batch: the oldest waiting items, up to the limit."""

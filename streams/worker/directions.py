@@ -23,7 +23,7 @@ from functools import cache
 from typing import Any
 
 from streams.core import codec
-from streams.core.decode import DecodeError, Ignored, source_side
+from streams.core.decode import DecodeError, Ignored, looks_like_echo, source_side
 from streams.core.model import Command, Side
 from streams.core.routing import Echo, route
 from streams.core.rules import Invalid, Skip
@@ -88,6 +88,9 @@ class Direction:
 
     async def _route(self, message: Any, outcomes: Counter[tuple[str, str]]) -> Command | None:
         topic = message.topic
+        if looks_like_echo(message.value):  # PostgreSQL 15 and older send them: not decoded
+            outcomes[topic, "echo"] += 1
+            return None
         try:
             outcome = route(topic, message.key, message.value, self.tenant)
         except Exception as exc:  # a bug must not stop the line: park the input

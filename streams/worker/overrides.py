@@ -4,24 +4,27 @@ Each is explained where it is made, and `PINNED` names the versions they were wr
 tests/unit/test_overrides.py fails when an installed version differs, so an upgrade reads them
 again before it lands.
 
-1. `take_at_the_door`: the conductor's handler of each partition of the worker's topics. Faust
-   decodes every fetched message into an event, through the topic's schema, and puts it on its
-   agent's queue, where the agent's task takes it with a sensor call on the way in and out, on an
-   event loop other agents keep busy. The worker's messages are raw bytes each agent only hands
-   to its batcher (streams/worker/batching.py): here they go straight there. During a rebalance
-   the handler waits for the flow to resume, as Faust's does, and a message fetched before the
-   rebalance is left alone (whoever owns the partition now reads it again). On a capture topic an
-   echo of the sync's own write (PostgreSQL 15 and older, where the server sends them), known
-   from its bytes, is acknowledged and goes no further. Faust's livelock check reads when a
-   partition's stream last took a message: the handler records that too.
-2. `hand_over_eagerly`: the consumer hands each message over through mode's `wait_first`, a race
-   of the hand-over against a rebalance that costs four asyncio tasks per message; the hand-over
-   is run up to its first wait in place, and only when it waits does it go to the race (what
-   Python 3.12's eager tasks do).
-3. `shorten_fetch_wait`: Faust builds its Kafka consumer with a 1.5 s fetch wait and no setting
+1. `hand_over_whole_fetches`: the consumer's drain, the loop that takes what aiokafka fetched.
+   Faust's makes each record a `Message`, tracks it, runs the sensors, and hands it to the
+   conductor's handler in a race against a rebalance (mode's `wait_first`: an asyncio lock, two
+   coroutines and a task per message), one record at a time, and each is acknowledged alone. The
+   worker's agents only give their records to a batcher (streams/worker/batching.py), so here
+   each partition's fetched records go to their batcher in one call, as aiokafka made them, and
+   `acknowledge` marks a batch's offsets done in one step per partition. What Faust's drain
+   keeps is kept: nothing is handed over while a rebalance stops the flow or once the
+   generation has changed (the new owner reads it again), records below the partition's read
+   offset are not handed over twice, offsets the log skips are recorded as gaps (so commits pass
+   them), the commit every so many acknowledgements, the time a partition last took records
+   (Faust's livelock check), its end offset for the monitor, and Faust's flow control for full
+   buffers (`hold_fetching`, streams/worker/app.py). Nothing is acknowledged here, not even an
+   echo: Faust's commit counts the acknowledged offsets from the first acknowledged one when the
+   partition's committed offset is unknown or zero, or one past it, so an offset acknowledged
+   ahead of one still in flight would commit past that one. A topic without a batcher keeps
+   Faust's path.
+2. `shorten_fetch_wait`: Faust builds its Kafka consumer with a 1.5 s fetch wait and no setting
    for it; a fetch for quiet partitions holds back the records of busy ones that arrive meanwhile
    for that long. The running fetcher's wait is shortened.
-4. `Producer`: Faust's `Topic.send` looks the producer up through `App.maybe_start_producer`,
+3. `Producer`: Faust's `Topic.send` looks the producer up through `App.maybe_start_producer`,
    which mode's `stampede` wraps in up to three `asyncio.sleep(0)`; the producer is looked up
    once. Faust flushes this producer before it commits offsets, so what is sent (a dead letter)
    is durable before the message it came from is acknowledged.
@@ -30,140 +33,149 @@ again before it lands.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
 import faust
-from mode.services import WaitResults
-
-from streams.core.decode import looks_like_echo
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 log = logging.getLogger("ofisync.overrides")
 
 PINNED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
 FETCH_WAIT_MS = 25
+FETCH_TIMEOUT_S = 1.0  # Faust's drain waits this long for a fetch
 
-Handler = Callable[[Any], Awaitable[None]]
+Take = Callable[[Sequence[Any]], None]
 
 
 def installed_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in PINNED}
 
 
-# --- 1. messages taken at the door ---------------------------------------------------------
+# --- 1. whole fetches handed over ----------------------------------------------------------
 
 
-def take_at_the_door(
+def hand_over_whole_fetches(app: faust.App, takers: Mapping[str, Take]) -> None:
+    """From now on the app's consumer gives each partition's fetched records of a topic in
+    `takers` to that taker in one call (aiokafka's `ConsumerRecord`s, in offset order). Call
+    before the worker starts: Faust's fetcher calls the drain when it starts, and again after
+    each rebalance."""
+    consumer: Any = app.consumer
+
+    async def drain(fetcher: Any) -> None:
+        set_flag, unset_flag = consumer.diag.set_flag, consumer.diag.unset_flag
+        try:
+            while not (consumer._stopped.is_set() or fetcher._stopped.is_set()):
+                set_flag(CONSUMER_FETCHING)
+                records, active = await consumer._wait_next_records(FETCH_TIMEOUT_S)
+                await asyncio.sleep(0)  # a fetch that is ready at once must not starve the loop
+                if records and not consumer.should_stop:
+                    await _hand_over(app, consumer, records, active, takers)
+                unset_flag(CONSUMER_FETCHING)
+        except consumer.consumer_stopped_errors:
+            if not app.should_stop:
+                raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
+
+    consumer._drain_messages = drain
+
+
+async def _hand_over(
     app: faust.App,
-    takers: Mapping[str, Callable[[Any], None]],
-    capture_topics: Collection[str],
-    on_echo: Callable[[str], None],
+    consumer: Any,
+    records: Mapping[TP, Sequence[Any]],
+    active: Collection[TP] | None,
+    takers: Mapping[str, Take],
 ) -> None:
-    """From now on, the conductor's handler of each topic in `takers` gives its messages to that
-    taker, except echoes on `capture_topics`, which are acknowledged after `on_echo(topic)`. Call
-    before the consumer starts: handlers are built when partitions are assigned."""
-    conductor: Any = app.topics
-    build = conductor._build_handler
-
-    def build_handler(tp: Any, channels: Any) -> Handler:
+    generation = app.consumer_generation_id
+    read_offset, buffered = consumer._read_offset, consumer._buffered_partitions
+    inbound, monitor = app.monitor.stream_inbound_time, app.monitor
+    for tp, fetched in records.items():
+        if not (consumer.flow_active and app.flow_control.is_active()):
+            return  # a rebalance: what is left is read again from the committed offsets
+        if app.consumer_generation_id != generation:
+            return
+        if active is not None and tp not in active and tp not in buffered:
+            continue
+        monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+        last_read = read_offset[tp]
+        if last_read is not None and fetched and fetched[0].offset < last_read:
+            fetched = [record for record in fetched if record.offset >= last_read]
+        if not fetched:
+            continue
+        await _note_gaps(consumer, tp, last_read, fetched)
         take = takers.get(tp.topic)
         if take is None:
-            handler: Handler = build(tp, channels)
-            return handler
-        consumer = app.consumer
-        inbound = app.monitor.stream_inbound_time
-        flow = app.flow_control
-        topic = tp.topic
-        echoes = topic in capture_topics
-
-        async def on_message(message: Any) -> None:
-            if not flow.is_active():
-                await flow.acquire()
-            if message.generation_id != app.consumer_generation_id:
-                return
+            await _faust_s_way(consumer, tp, fetched)
+        else:
             inbound[tp] = time.monotonic()
-            if echoes and looks_like_echo(message.value):
-                on_echo(topic)
-                consumer.ack(message)
-                return
-            take(message)
-
-        return on_message
-
-    conductor._build_handler = build_handler
+            take(fetched)
+        read_offset[tp] = fetched[-1].offset
+        every = consumer._commit_every
+        if every is not None and consumer._n_acked >= every:
+            consumer._n_acked = 0
+            await consumer.commit()
 
 
-# --- 2. the eager hand-over ----------------------------------------------------------------
-
-WaitFirst = Callable[..., Awaitable[WaitResults]]
-
-
-class Started:
-    """A coroutine that has already run up to its first wait, as an awaitable that carries on
-    from there (the `yield from` of a coroutine whose first step was taken by hand)."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
-        self._coro = coro
-        self._waiting_on = waiting_on
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, waiting_on = self._coro, self._waiting_on
-        while True:
-            try:
-                sent = yield waiting_on
-            except BaseException as exc:  # cancellation included: it goes to the coroutine
-                try:
-                    waiting_on = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    waiting_on = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+async def _note_gaps(consumer: Any, tp: TP, last_read: int | None, fetched: Sequence[Any]) -> None:
+    """Offsets the log skips (compaction, transaction markers) will never be acknowledged: they
+    are recorded as gaps, which Faust's commit counts as done."""
+    first, last = fetched[0].offset, fetched[-1].offset
+    if last - first + 1 == len(fetched) and (last_read is None or first - last_read <= 1):
+        return
+    previous = last_read
+    for record in fetched:
+        if previous is not None and record.offset - previous > 1:
+            await consumer._add_gap(tp, previous + 1, record.offset - 1)
+        previous = record.offset
 
 
-def eager_wait_first(original: WaitFirst) -> WaitFirst:
-    """`original` (a Service's `wait_first`), with a coroutine given first run in place."""
-
-    async def wait_first(*coros: Any, timeout: Any = None) -> WaitResults:
-        if timeout is not None or not coros or not inspect.iscoroutine(coros[0]):
-            return await original(*coros, timeout=timeout)
-        first, others = coros[0], coros[1:]
-        try:
-            waiting_on = first.send(None)
-        except StopIteration as stop:
-            _close(others)
-            return WaitResults([first], [stop.value], False)
-        except BaseException:
-            _close(others)
-            raise
-        return await original(Started(first, waiting_on), *others)
-
-    return wait_first
+async def _faust_s_way(consumer: Any, tp: TP, fetched: Sequence[Any]) -> None:
+    for record in fetched:
+        message = consumer._to_message(tp, record)
+        await consumer.wait_first(consumer.callback(message), consumer.suspend_flow.wait())
 
 
-def _close(coros: tuple[Any, ...]) -> None:
-    for coro in coros:
-        if inspect.iscoroutine(coro):
-            coro.close()  # never started: closing it only silences "never awaited"
+def acknowledge(consumer: Any, records: Sequence[Any]) -> None:
+    """`records` (handed over by `hand_over_whole_fetches`) are done: their offsets may be
+    committed. As Faust's `Consumer.ack` does for one message, for a batch."""
+    by_partition: dict[tuple[str, int], list[int]] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        offsets = by_partition.get(key)
+        if offsets is None:
+            offsets = by_partition[key] = []
+        offsets.append(record.offset)
+    for (topic, partition), offsets in by_partition.items():
+        _acknowledge_offsets(consumer, TP(topic, partition), offsets)
 
 
-def hand_over_eagerly(consumer: Any) -> bool:
-    """Wraps `consumer.wait_first`; False (and a warning) when Faust no longer has one."""
-    original = getattr(consumer, "wait_first", None)
-    if original is None or not inspect.iscoroutinefunction(original):
-        log.warning("Faust's consumer has no wait_first to wrap; messages go the slow way")
-        return False
-    consumer.wait_first = eager_wait_first(original)
-    return True
+def _acknowledge_offsets(consumer: Any, tp: TP, offsets: Sequence[int]) -> None:
+    if not consumer.app.topics.acks_enabled_for(tp.topic):
+        return
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        done = consumer._acked_index[tp]
+        fresh = [
+            offset
+            for offset in offsets
+            if (committed is None or offset >= committed) and offset not in done
+        ]
+        if fresh:
+            done.update(fresh)
+            consumer._acked[tp].extend(fresh)
+            consumer._n_acked += len(fresh)
+        notify(consumer._waiting_for_ack)
 
 
-# --- 3. the fetch wait ---------------------------------------------------------------------
+# --- 2. the fetch wait ---------------------------------------------------------------------
 
 
 async def shorten_fetch_wait(app: faust.App) -> None:
@@ -177,7 +189,7 @@ async def shorten_fetch_wait(app: faust.App) -> None:
     log.warning("could not shorten the Kafka fetch wait (has Faust or aiokafka changed?)")
 
 
-# --- 4. the producer -----------------------------------------------------------------------
+# --- 3. the producer -----------------------------------------------------------------------
 
 
 class Producer:

@@ -69,7 +69,7 @@ async def test_every_item_is_acknowledged_once_in_order_after_its_work() -> None
     r = Recorder()
     async with batcher(r, max_batch=7).running() as b:
         for i in range(50):
-            b.put(i)
+            b.put_many([i])
         await until(lambda: len(r.done) == 50)
     assert r.done == list(range(50))
     assert all(len(batch) <= 7 for batch in r.batches)
@@ -80,10 +80,10 @@ async def test_a_lone_item_goes_at_once_and_items_arriving_meanwhile_join_the_ne
     r = Recorder()
     async with batcher(r).running() as b:
         r.release.clear()
-        b.put(0)
+        b.put_many([0])
         await until(r.started.is_set)  # the first batch is being worked on: it holds item 0 alone
         for i in range(1, 20):
-            b.put(i)
+            b.put_many([i])
         r.release.set()
         await until(lambda: len(r.done) == 20)
     assert r.batches == [[0], list(range(1, 20))]
@@ -101,7 +101,7 @@ async def test_batches_start_at_most_every_min_interval() -> None:
     b = Batcher("test", timed, r.ack, 100, 1000, 0.05)
     async with b.running():
         for count in (1, 2, 3):
-            b.put(count)
+            b.put_many([count])
             await until(functools.partial(lambda n: len(r.done) == n, count))
     assert all(later - earlier >= 0.049 for earlier, later in itertools.pairwise(starts))
 
@@ -118,13 +118,13 @@ async def test_past_its_limit_it_says_it_is_full_and_at_half_that_it_has_room() 
     )  # fmt: skip
     async with b.running():
         r.release.clear()
-        b.put(0)
+        b.put_many([0])
         await until(r.started.is_set)
         for i in range(1, 4):
-            b.put(i)
+            b.put_many([i])
         assert said == [] and not b.full  # three wait: under the limit
-        b.put(4)
-        b.put(5)  # past it, each item says so again (a rebalance may have resumed the fetch)
+        b.put_many([4])
+        b.put_many([5])  # past it, each item says so again (a rebalance may have resumed the fetch)
         assert said == ["full", "full"] and b.full
         r.release.set()
         await until(lambda: len(r.done) == 6)
@@ -140,7 +140,7 @@ async def test_a_batch_whose_work_fails_is_tried_again_not_acknowledged(
     r = Recorder()
     r.failures = 2
     async with batcher(r).running() as b:
-        b.put(1)
+        b.put_many([1])
         await until(lambda: r.done == [1])
     assert r.batches == [[1]]
 
@@ -155,7 +155,7 @@ async def test_a_batcher_that_stops_on_an_error_says_so() -> None:
 
     b = Batcher("test", r.work, broken_ack, 100, 1000, on_failure=failures.append)
     async with b.running():
-        b.put(1)
+        b.put_many([1])
         await until(lambda: bool(failures))
     assert str(failures[0]) == "the acknowledgement broke"
 
@@ -180,9 +180,9 @@ async def test_the_next_batch_is_prepared_while_the_one_before_is_worked_on_in_o
     b = Batcher("test", work, r.ack, 100, 1000, prepare=prepare)
     async with b.running():
         r.release.clear()
-        b.put(1)
+        b.put_many([1])
         await until(r.started.is_set)
-        b.put(2)
+        b.put_many([2])
         await until(lambda: prepared == [[1], [2]])  # the first batch's work is still held
         assert working == ["start"] and r.done == []
         r.release.set()
@@ -206,7 +206,7 @@ async def test_a_batch_whose_preparation_fails_is_prepared_again(
         return batch
 
     async with Batcher("test", r.work, r.ack, 100, 1000, prepare=prepare).running() as b:
-        b.put(7)
+        b.put_many([7])
         await until(lambda: r.done == [7])
     assert r.batches == [[7]] and failures == []
 

@@ -190,6 +190,8 @@ def test_the_byte_check_answers_no_to_anything_else() -> None:
     assert not looks_like_echo(None)
     assert not looks_like_echo(b"")
     assert not looks_like_echo(echo[:40])  # cut short: decoded, and dead-lettered there
+    assert not looks_like_echo(echo[: echo.index(b',"source"')])  # cut after its origin
+    assert not looks_like_echo(echo[: echo.index(b'sync"')])  # cut inside its origin
     # Written otherwise (spaces, another order): decoded in full, which still finds the echo.
     spaced = envelope("u", {"id": 1}, {"id": 1, "ofisync_origin": "sync"})
     assert not looks_like_echo(spaced)

@@ -1,11 +1,12 @@
-"""How the worker stops fetching a direction whose batcher is full, held to Faust's own consumer:
-the messages of a batch already fetched are all handed over, none skipped (a skipped one would
-be committed past by the acknowledgements of later ones, and lost)."""
+"""How the worker stops fetching a direction whose batcher is full, held to Faust's own consumer
+and the worker's drain: the records of a fetch are all handed over, none skipped (a skipped one
+would be committed past by the acknowledgements of later ones, and lost)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -13,6 +14,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from streams.worker.app import FetchHold, hold_fetching, resume_fetching
+from streams.worker.overrides import hand_over_whole_fetches
 
 TOPIC = "t.erp.public.clientes"
 
@@ -24,41 +26,53 @@ def _records(tp: TP, count: int) -> list[Any]:
     ]
 
 
-def _handed_over(hold: Callable[[Any, set[TP]], None]) -> list[int]:
-    """The offsets Faust's consumer hands over from one fetched batch of five, when `hold` is
-    called on the first of them (the batcher became full)."""
-    app = faust.App("ofisync-test-flow", broker="kafka://127.0.0.1:1")
-    app.flow_control.resume()  # as a started consumer has it
-    consumer: Any = app.consumer
-    tp = TP(TOPIC, 0)
-    consumer._active_partitions = {tp}
+def _handed_over(hold: Callable[[Any, set[TP]], None]) -> list[tuple[int, int]]:
+    """The (partition, offset)s the worker's drain (streams/worker/overrides.py) hands over from
+    one fetch of five records on each of two partitions, when `hold` is called for both on the
+    first hand-over (the batcher became full)."""
 
-    async def fetched(timeout: float) -> tuple[dict[TP, list[Any]], set[TP]]:
-        return {tp: _records(tp, 5)}, consumer._get_active_partitions()
+    async def scenario() -> list[tuple[int, int]]:
+        app = faust.App("ofisync-test-flow", broker="kafka://127.0.0.1:1")
+        app.flow_control.resume()  # as a started consumer has it
+        consumer: Any = app.consumer
+        tps = {TP(TOPIC, 0), TP(TOPIC, 1)}
+        consumer._active_partitions = set(tps)
+        consumer.highwater = lambda tp: 5  # no broker to ask
+        handed: list[tuple[int, int]] = []
 
-    consumer._wait_next_records = fetched
-    consumer.highwater = lambda tp: 5  # no broker to ask
-    offsets: list[int] = []
+        def take(records: list[Any]) -> None:
+            if not handed:
+                hold(consumer, tps)
+            handed.extend((r.partition, r.offset) for r in records)
 
-    async def drain() -> None:
-        async for _, message in consumer.getmany(timeout=0.0):
-            if not offsets:
-                hold(consumer, {tp})
-            offsets.append(message.offset)
+        hand_over_whole_fetches(app, {TOPIC: take})
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        fetches = [{tp: _records(tp, 5) for tp in sorted(tps)}]
 
-    asyncio.run(drain())
-    assert tp not in consumer._get_active_partitions()  # the next fetch leaves it out
-    return offsets
+        async def fetched(timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP]]:
+            active = consumer._get_active_partitions()  # the live set, as Faust's fetch gives it
+            if not fetches:
+                fetcher._stopped.set()
+                return None, active
+            return fetches.pop(), active
+
+        consumer._wait_next_records = fetched
+        await asyncio.wait_for(consumer._drain_messages(fetcher), 5.0)
+        assert not tps & consumer._get_active_partitions()  # the next fetch leaves them out
+        return handed
+
+    return asyncio.run(scenario())
 
 
 def test_holding_a_full_direction_still_hands_over_what_was_fetched() -> None:
-    assert _handed_over(hold_fetching) == [0, 1, 2, 3, 4]
+    assert _handed_over(hold_fetching) == [(p, o) for p in (0, 1) for o in range(5)]
 
 
-def test_pausing_the_partitions_instead_would_skip_the_rest_of_the_fetched_batch() -> None:
-    """Why the worker does not use `pause_partitions` (Faust 0.15.3): if this starts handing the
-    whole batch over, the hold may go back to it."""
-    assert _handed_over(lambda c, tps: c.pause_partitions(tps)) == [0]
+def test_pausing_the_partitions_instead_would_skip_the_rest_of_the_fetch() -> None:
+    """Why the worker does not use `pause_partitions` (Faust 0.15.3): it takes the partitions
+    out of the very set a fetch is handed over by. If this starts handing the whole fetch over,
+    the hold may go back to it."""
+    assert _handed_over(lambda c, tps: c.pause_partitions(tps)) == [(0, o) for o in range(5)]
 
 
 def test_resuming_fetches_the_held_partitions_again() -> None:
