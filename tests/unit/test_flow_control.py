@@ -5,7 +5,7 @@ would be committed past by the acknowledgements of later ones, and lost)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,7 +40,7 @@ def _handed_over(hold: Callable[[Any, set[TP]], None]) -> list[tuple[int, int]]:
         consumer.highwater = lambda tp: 5  # no broker to ask
         handed: list[tuple[int, int]] = []
 
-        def take(records: list[Any]) -> None:
+        def take(records: Sequence[Any]) -> None:
             if not handed:
                 hold(consumer, tps)
             handed.extend((r.partition, r.offset) for r in records)

@@ -70,8 +70,8 @@ class Drained:
         hand_over_whole_fetches(self.app, takers)
         self.consumer.highwater = lambda tp: 100  # no broker to ask
 
-    def _taker(self, topic: str) -> Callable[[list[Any]], None]:
-        def take(taken: list[Any]) -> None:
+    def _taker(self, topic: str) -> Callable[[Sequence[Any]], None]:
+        def take(taken: Sequence[Any]) -> None:
             assert all(r.topic == topic for r in taken)
             self.handed.append((topic, [r.offset for r in taken]))
             self.on_hand_over()
