@@ -39,7 +39,8 @@ async def write_back(conns: SinkConnections, target: Side, result: BatchResult) 
     if not (result.links or result.uploaded or result.document_notes):
         return
     conn = await conns.source()
-    async with conn.transaction():
+    # Nothing here reads a result: the whole transaction goes in one round trip.
+    async with conn.pipeline(), conn.transaction():
         await keep_commit_time(conn)
         await documents.write_notes(conn, result.document_notes)
         await documents.mark_uploaded(conn, result.uploaded)

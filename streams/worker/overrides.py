@@ -81,6 +81,9 @@ def hand_over_whole_fetches(app: faust.App, takers: Mapping[str, Take]) -> None:
         except consumer.consumer_stopped_errors:
             if not app.should_stop:
                 raise
+        except Exception:
+            log.exception("the consumer's drain stopped on an error")  # as Faust's says it
+            raise
         finally:
             unset_flag(CONSUMER_FETCHING)
 
