@@ -114,7 +114,7 @@ class Worker:
         await self.feed.ready.wait()
 
     def _wire(self, dsns: dict[str, str]) -> None:
-        takers: dict[str, Callable[[Sequence[Any]], None]] = {}
+        takers: dict[str, overrides.Take] = {}
         for side in Side:
             direction = Direction(
                 side, self.settings.tenant, self.applier, self.dead, self.in_flight, self._ready
