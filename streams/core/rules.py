@@ -259,19 +259,19 @@ def _update_values(
 ) -> tuple[FieldValue, ...] | None:
     """A field-level update's values: every field with its before-image, the changed ones with
     this change's clock and the one they replaced; None when no field changed. (The worker's
-    hottest loop: a plain loop and `_make` build them in half the time of a generator of
-    `FieldValue(...)` calls.)"""
-    make = FieldValue._make
+    hottest loop: a plain loop and the tuple's own constructor build them in a third of the
+    time of a generator of `FieldValue(...)` calls.)"""
+    make = tuple.__new__
     values = []
     bases: dict[str, int | None] | None = None
     for read, written in crossing:
         old, new = before.get(read), after[read]
         if old == new:
-            values.append(make((written, old, new, False, None, None)))
+            values.append(make(FieldValue, (written, old, new, False, None, None)))
             continue
         if bases is None:
             bases = bases_of(after)
-        values.append(make((written, old, new, True, bases.get(read), commit_us)))
+        values.append(make(FieldValue, (written, old, new, True, bases.get(read), commit_us)))
     return None if bases is None else tuple(values)
 
 

@@ -49,7 +49,10 @@ log = logging.getLogger("ofisync.worker")
 CAPTURE_BATCH = 2000  # captured changes a batch takes at most
 COMMAND_BATCH = 200  # command messages
 BATCH_EVERY_S = 0.005  # batches of an agent start at most this often
-GC_YOUNG_THRESHOLD = 20_000  # Python's default is 700
+# Python's default is 700. Above what the batches in flight hold (a direction routes a batch while
+# the one before applies; each captured change keeps a few dozen tracked objects until its batch
+# is done), so young collections are not set off by work that is about to be freed anyway.
+GC_YOUNG_THRESHOLD = 200_000
 HOLD_AGAIN_S = 0.2  # a full direction's hold is made again this often (a rebalance undoes it)
 
 
@@ -269,9 +272,10 @@ def resume_fetching(consumer: Any, partitions: set[Any]) -> None:
 
 
 def _settle_garbage_collector() -> None:
-    """Every message makes short-lived objects by the hundred, and each young collection walked
-    the long-lived ones too (modules, Faust's and Kafka's state): those are frozen once the
-    worker is up, and young collections run less often."""
+    """The long-lived objects (modules, Faust's and Kafka's state) are frozen once the worker is
+    up, so no collection walks them again; young collections wait for GC_YOUNG_THRESHOLD new
+    objects. At 20,000 a catch-up of 100,000 client updates spent 1.5-2.3 s in 100 collections
+    of the batches in flight; at 200,000, 0.1 s in one."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
