@@ -371,3 +371,41 @@ async def test_a_full_push_that_meets_a_newer_value_leaves_it_and_aligns_the_sou
     ]  # fmt: skip
     assert clocks[0] == clocks[1] is not None  # one version of the field on both sides
     await close(sinks)
+
+
+@run
+async def test_a_write_the_target_refuses_fails_alone(databases: Settings) -> None:
+    """A batch's rows are written in one statement per table, so a write the target refuses
+    (here a trigger of the CRM's) fails the whole batch: it goes again command by command, only
+    that change becomes a dead letter, and the sessions take the next batch."""
+    sinks = sinks_for(databases)
+    refused = f"refused {tag()}"
+    trigger = f"refuse_{tag()}"
+    query(
+        databases, Side.CRM,
+        f"CREATE FUNCTION public.{trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.notes = '{refused}' THEN RAISE check_violation USING MESSAGE = 'no, thanks';"
+        " END IF; RETURN NEW; END $$;"
+        f" CREATE TRIGGER {trigger} BEFORE UPDATE ON public.accounts FOR EACH ROW"
+        f" EXECUTE FUNCTION public.{trigger}()",
+    )  # fmt: skip
+    try:
+        pairs = [await linked_client(databases, sinks, f"refusing {tag()}") for _ in range(3)]
+        notes = [f"fine {tag()}", refused, f"fine {tag()}"]
+        changes = [
+            erp_update(databases, client, "observaciones", note)
+            for (client, _), note in zip(pairs, notes, strict=True)
+        ]
+        result = await sinks[Side.CRM].apply(changes)
+        ((dead, reason),) = result.dead
+        assert dead == changes[1] and "no, thanks" in reason
+        assert [crm_field(databases, account, "notes") for _, account in pairs] == [
+            notes[0], None, notes[2],
+        ]  # fmt: skip
+        (client, account), _, _ = pairs
+        later = await sinks[Side.CRM].apply([erp_update(databases, client, "email", "l@x.es")])
+        assert len(later.applied) == 1 and not later.dead
+        assert crm_field(databases, account, "email") == "l@x.es"
+    finally:
+        query(databases, Side.CRM, f"DROP FUNCTION public.{trigger}() CASCADE")
+        await close(sinks)
