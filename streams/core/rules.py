@@ -168,12 +168,17 @@ def clocks_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int]:
     return found
 
 
-def bases_of(row: Mapping[str, Canonical]) -> dict[str, int | None]:
-    """For a person's edit, the clocks the changed fields had before it (ofisync_base)."""
-    return {
-        column: clock if isinstance(clock, int) and not isinstance(clock, bool) else None
-        for column, clock in _json_map(row.get(BASE)).items()
-    }
+def bases_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int | None]:
+    """For a person's edit, the clocks the changed fields had before it (ofisync_base). A field
+    the same transaction had changed already ("x:") had the version this change set before
+    it: its commit time, like the clocks."""
+    bases: dict[str, int | None] = {}
+    for column, clock in _json_map(row.get(BASE)).items():
+        if isinstance(clock, int) and not isinstance(clock, bool):
+            bases[column] = clock
+        else:
+            bases[column] = commit_us if isinstance(clock, str) and clock.startswith("x:") else None
+    return bases
 
 
 def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
@@ -270,7 +275,7 @@ def _update_values(
             values.append(make(FieldValue, (written, old, new, False, None, None)))
             continue
         if bases is None:
-            bases = bases_of(after)
+            bases = bases_of(after, commit_us)
         values.append(make(FieldValue, (written, old, new, True, bases.get(read), commit_us)))
     return None if bases is None else tuple(values)
 
@@ -308,7 +313,7 @@ def reapply_command(ev: ChangeEvent, entity: Entity) -> Command | Skip:
         values = tuple(FieldValue(c, None, after[c], True, None, clocks.get(c)) for c in own)
         full = True
     else:
-        bases = bases_of(after)
+        bases = bases_of(after, ev.commit_us)
         values = tuple(
             FieldValue(c, before.get(c), after[c], True, bases.get(c), ev.commit_us)
             for c in own

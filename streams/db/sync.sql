@@ -126,15 +126,21 @@ BEGIN
     new_row := to_jsonb(NEW);
     old_row := to_jsonb(OLD);
     clock := 'x:' || (txid_current() % 4294967296)::text;
+    -- A field this transaction already changed (the row written twice in one transaction)
+    -- keeps its "x:" entry, as clock and as base: this transaction has no commit time yet, and
+    -- its own changes are read with it (streams/core/rules.py).
     SELECT jsonb_object_agg(n.key, clock),
-           jsonb_object_agg(n.key, ofisync.clock_us(OLD.ofisync_clocks ->> n.key))
+           jsonb_object_agg(n.key, CASE WHEN OLD.ofisync_clocks ->> n.key = clock
+                                        THEN to_jsonb(clock)
+                                        ELSE to_jsonb(ofisync.clock_us(OLD.ofisync_clocks ->> n.key))
+                                   END)
       INTO changed, base
       FROM jsonb_each(new_row) n
      WHERE n.value IS DISTINCT FROM old_row -> n.key
        AND n.key NOT LIKE 'ofisync\_%';
     NEW.ofisync_base := base;
     NEW.ofisync_clocks := coalesce(
-        (SELECT jsonb_object_agg(e.key, CASE WHEN e.value LIKE 'x:%'
+        (SELECT jsonb_object_agg(e.key, CASE WHEN e.value LIKE 'x:%' AND e.value <> clock
                                              THEN 't:' || ofisync.clock_us(e.value)
                                              ELSE e.value END)
            FROM jsonb_each_text(OLD.ofisync_clocks) e), '{}') || coalesce(changed, '{}');

@@ -8,7 +8,7 @@ import asyncio
 import functools
 import itertools
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -96,28 +96,70 @@ def write(
             found = cur.fetchone()
             assert found is not None, "an INSERT must say RETURNING id"
             record_id = int(found[0])
-        xid = conn.execute("SELECT txid_current()").fetchone()
-        assert xid is not None
+        xid = _xid(conn)
         if hold is not None:
             hold()
         conn.commit()
         after = _read(conn, table, record_id)
-        commit = conn.execute(
-            "SELECT (extract(epoch FROM pg_xact_commit_timestamp(%s::text::xid)) * 1e6)::bigint",
-            (str(int(xid[0]) % 4294967296),),
-        ).fetchone()
-        assert commit is not None
+        commit_us = _commit_us(conn, xid)
+    return _event(entity, side, record_id, before, after, commit_us)
+
+
+def writes_in_one_transaction(
+    settings: Settings, side: Side, entity_name: str, record_id: int, statements: Sequence[str]
+) -> list[ChangeEvent]:
+    """A person's statements on one record (each given its id as its one parameter) in one
+    transaction, as the changes Debezium captures: one a statement, with one commit time."""
+    entity = ENTITIES[entity_name]
+    table = entity.table(side)
+    with psycopg.connect(dsn(settings, side)) as conn:
+        rows = [_read(conn, table, record_id)]
+        for statement in statements:
+            conn.execute(statement, (record_id,))
+            rows.append(_read(conn, table, record_id))
+        xid = _xid(conn)
+        conn.commit()
+        commit_us = _commit_us(conn, xid)
+    return [
+        _event(entity, side, record_id, before, after, commit_us)
+        for before, after in itertools.pairwise(rows)
+    ]
+
+
+def _xid(conn: psycopg.Connection[Any]) -> int:
+    found = conn.execute("SELECT txid_current() % 4294967296").fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+def _commit_us(conn: psycopg.Connection[Any], xid: int) -> int:
+    found = conn.execute(
+        "SELECT (extract(epoch FROM pg_xact_commit_timestamp(%s::text::xid)) * 1e6)::bigint",
+        (str(xid),),
+    ).fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+def _event(
+    entity: Entity,
+    side: Side,
+    record_id: int,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    commit_us: int,
+) -> ChangeEvent:
     op = Op.CREATE if before is None else Op.DELETE if after is None else Op.UPDATE
     return ChangeEvent(
         side,
         "public",
-        table,
+        entity.table(side),
         op,
         str(record_id),
         None if before is None else _canonical_row(entity, side, before),
         None if after is None else _canonical_row(entity, side, after),
         next(_lsn),
-        int(commit[0]),
+        commit_us,
         None,
     )
 

@@ -12,7 +12,17 @@ from streams.core.conflicts import Policy
 from streams.core.model import Command, CommandOp, Side
 from streams.settings import Settings
 from tests.component.conftest import sink_for
-from tests.component.helpers import command, linked_client, one, query, run, skipped, tag, write
+from tests.component.helpers import (
+    command,
+    linked_client,
+    one,
+    query,
+    run,
+    skipped,
+    tag,
+    write,
+    writes_in_one_transaction,
+)
 
 
 def sinks_for(settings: Settings, policy: Policy = Policy.LATER_WINS) -> dict[Side, Sink]:
@@ -409,3 +419,33 @@ async def test_a_write_the_target_refuses_fails_alone(databases: Settings) -> No
     finally:
         query(databases, Side.CRM, f"DROP FUNCTION public.{trigger}() CASCADE")
         await close(sinks)
+
+
+@run
+async def test_a_record_a_person_writes_twice_in_one_transaction_crosses_without_conflicts(
+    databases: Settings,
+) -> None:
+    """Each statement is a change of its own, all with the transaction's commit time: the second
+    write of a field replaced the version the first set, and later edits on either side replace
+    the version that crossed. None of it is a conflict."""
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"twice {tag()}")
+    events = writes_in_one_transaction(
+        databases, Side.ERP, "client", client,
+        [
+            "UPDATE clientes SET observaciones = 'first' WHERE id = %s",
+            "UPDATE clientes SET email = 'twice@x.es' WHERE id = %s",
+            "UPDATE clientes SET observaciones = 'second' WHERE id = %s",
+        ],
+    )  # fmt: skip
+    result = await sinks[Side.CRM].apply([command(e) for e in events])
+    assert (len(result.applied), result.conflicts) == (3, 0)
+    assert crm_field(databases, account, "notes") == "second"
+    assert crm_field(databases, account, "email") == "twice@x.es"
+
+    from_crm = await sinks[Side.ERP].apply([crm_update(databases, account, "notes", "crm")])
+    from_erp = await sinks[Side.CRM].apply([erp_update(databases, client, "email", "3@x.es")])
+    assert (from_crm.conflicts, from_erp.conflicts) == (0, 0)
+    assert erp_field(databases, client, "observaciones") == "crm"
+    assert crm_field(databases, account, "email") == "3@x.es"
+    await close(sinks)

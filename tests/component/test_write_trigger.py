@@ -82,3 +82,42 @@ def test_a_person_editing_a_row_from_before_the_sync_is_recorded(databases: Sett
     write(databases, None, "UPDATE accounts SET city = 'Teruel' WHERE id = %s", (account,))
     origin, writer, clocks = marks(databases, account)
     assert origin is None and writer is not None and set(clocks) == {"city"}
+
+
+def test_a_row_a_person_writes_twice_in_one_transaction_keeps_every_field_s_clock(
+    databases: Settings,
+) -> None:
+    """Fields the transaction changed earlier keep its "x:" entry (it has no commit time yet),
+    and a field it changes again names that same entry as its base; the next transaction
+    resolves them all to the first one's commit time."""
+    account = one(
+        databases, Side.CRM, "INSERT INTO accounts (name) VALUES (%s) RETURNING id", (tag(),)
+    )
+    write(databases, None, "UPDATE accounts SET city = 'Soria' WHERE id = %s", (account,))
+    with psycopg.connect(dsn(databases, Side.CRM)) as conn:
+        update = "UPDATE accounts SET {} = %s WHERE id = %s"
+        conn.execute(update.format("notes"), ("first", account))
+        conn.execute(update.format("email"), ("a@x.es", account))
+        conn.execute(update.format("notes"), ("second", account))
+        xid = conn.execute("SELECT txid_current() % 4294967296").fetchone()[0]  # type: ignore[index]
+        clocks, base = conn.execute(
+            "SELECT ofisync_clocks, ofisync_base FROM accounts WHERE id = %s", (account,)
+        ).fetchone()  # type: ignore[misc]
+        city_us = int(clocks["city"][2:])
+    assert clocks == {"city": f"t:{city_us}", "notes": f"x:{xid}", "email": f"x:{xid}"}
+    assert base == {"notes": f"x:{xid}"}
+
+    write(databases, None, "UPDATE accounts SET phone = '1' WHERE id = %s", (account,))
+    committed = one(
+        databases,
+        Side.CRM,
+        "SELECT (extract(epoch FROM pg_xact_commit_timestamp(%s::text::xid)) * 1e6)::bigint",
+        (xid,),
+    )
+    clocks = one(
+        databases, Side.CRM, "SELECT ofisync_clocks FROM accounts WHERE id = %s", (account,)
+    )
+    assert {c: clocks[c] for c in ("city", "notes", "email")} == {
+        "city": f"t:{city_us}", "notes": f"t:{committed}", "email": f"t:{committed}",
+    }  # fmt: skip
+    assert clocks["phone"].startswith("x:")

@@ -74,6 +74,19 @@ def test_an_update_s_changed_fields_carry_its_clock_and_the_one_they_replaced() 
     assert values["name"] == ("name", "Ana", "Ana", False, None, None)
 
 
+def test_a_field_changed_twice_in_one_transaction_replaced_this_change_s_own_version() -> None:
+    # The trigger names the transaction's own entry as the base (it has no commit time yet):
+    # the version the second write replaced is the one the first set, committed with it.
+    before = ERP_ROW | {"crm_id": 9}
+    bases = '{"email": "x:77", "telefono": "t:5", "movil": false}'
+    after = before | {"email": "second@x.es", "telefono": "3", "ofisync_base": bases}
+    cmd = to_command(event(Side.ERP, Op.UPDATE, before, after), CLIENT)
+    assert isinstance(cmd, Command)
+    values = {v.field: v for v in cmd.values}
+    assert values["email"].base == 200  # the change's own commit time
+    assert values["phone"].base is None  # not a clock the trigger writes as a base
+
+
 def test_an_update_of_no_synced_field_is_skipped() -> None:
     out = to_command(event(Side.ERP, Op.UPDATE, ERP_ROW, ERP_ROW | {"crm_id": 3}), CLIENT)
     assert isinstance(out, Skip)
