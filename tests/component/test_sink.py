@@ -449,3 +449,25 @@ async def test_a_record_a_person_writes_twice_in_one_transaction_crosses_without
     assert erp_field(databases, client, "observaciones") == "crm"
     assert crm_field(databases, account, "email") == "3@x.es"
     await close(sinks)
+
+
+@run
+async def test_a_field_set_and_set_back_in_one_crm_transaction_ends_equal_on_both_sides(
+    databases: Settings,
+) -> None:
+    """The second write replaced the version the first set: no conflict, so no tie for a policy
+    to break (a tie goes to OfiViaje, which would have kept the first write's value)."""
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"back {tag()}")
+    await sinks[Side.ERP].apply([crm_update(databases, account, "notes", "before")])
+    events = writes_in_one_transaction(
+        databases, Side.CRM, "client", account,
+        [
+            "UPDATE accounts SET notes = 'for a moment' WHERE id = %s",
+            "UPDATE accounts SET notes = 'before' WHERE id = %s",
+        ],
+    )  # fmt: skip
+    result = await sinks[Side.ERP].apply([command(e) for e in events])
+    assert (len(result.applied), result.conflicts) == (2, 0)
+    assert erp_field(databases, client, "observaciones") == "before"
+    await close(sinks)
