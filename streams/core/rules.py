@@ -264,8 +264,8 @@ def _update_values(
 ) -> tuple[FieldValue, ...] | None:
     """A field-level update's values: every field with its before-image, the changed ones with
     this change's clock and the one they replaced; None when no field changed. (The worker's
-    hottest loop: a plain loop and the tuple's own constructor build them in a third of the
-    time of a generator of `FieldValue(...)` calls.)"""
+    hottest loop: a plain loop and the tuple's own constructor build them in half the time of a
+    generator of `FieldValue(...)` calls, and a quarter faster than `_make`.)"""
     make = tuple.__new__
     values = []
     bases: dict[str, int | None] | None = None
