@@ -176,8 +176,10 @@ def bases_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int | No
     for column, clock in _json_map(row.get(BASE)).items():
         if isinstance(clock, int) and not isinstance(clock, bool):
             bases[column] = clock
+        elif isinstance(clock, str) and clock.startswith("x:"):
+            bases[column] = commit_us
         else:
-            bases[column] = commit_us if isinstance(clock, str) and clock.startswith("x:") else None
+            bases[column] = None
     return bases
 
 
