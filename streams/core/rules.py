@@ -169,15 +169,21 @@ def clocks_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int]:
 
 
 def bases_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int | None]:
-    """For a person's edit, the clocks the changed fields had before it (ofisync_base). A field
-    the same transaction had changed already ("x:") had the version this change set before
-    it: its commit time, like the clocks."""
+    """For a person's edit, the clocks the changed fields had before it (ofisync_base), written
+    like the clocks ("t:<µs>"; a bare number of µs where the older trigger wrote it). A field
+    the same transaction had changed already ("x:") had the version this change set before it:
+    its commit time, like the clocks. A field with no clock before has no entry, or a null."""
     bases: dict[str, int | None] = {}
     for column, clock in _json_map(row.get(BASE)).items():
-        if isinstance(clock, int) and not isinstance(clock, bool):
+        if isinstance(clock, str):
+            if clock.startswith("t:") and clock[2:].isdigit():
+                bases[column] = int(clock[2:])
+            elif clock.startswith("x:"):
+                bases[column] = commit_us
+            else:
+                bases[column] = None
+        elif isinstance(clock, int) and not isinstance(clock, bool):
             bases[column] = clock
-        elif isinstance(clock, str) and clock.startswith("x:"):
-            bases[column] = commit_us
         else:
             bases[column] = None
     return bases

@@ -84,6 +84,16 @@ CREATE TABLE IF NOT EXISTS ofisync.parked (
 );
 CREATE INDEX IF NOT EXISTS parked_parent ON ofisync.parked (parent_entity, parent_key);
 
+-- A clock entry ("x:<xid>" or "t:<µs>") as µs since the epoch. VOLATILE like
+-- pg_xact_commit_timestamp, so that PostgreSQL inlines it into the query that calls it.
+CREATE OR REPLACE FUNCTION ofisync.clock_us(c text) RETURNS bigint LANGUAGE sql VOLATILE AS $$
+    SELECT CASE
+        WHEN c LIKE 't:%' THEN substr(c, 3)::bigint
+        WHEN c LIKE 'x:%' THEN
+            (extract(epoch FROM pg_xact_commit_timestamp(substr(c, 3)::xid)) * 1000000)::bigint
+    END
+$$;
+
 -- On every write to a synced table: copy the writer's origin into the row (the sink sets
 -- `ofisync.origin` on its connections; on PostgreSQL 16+ its transactions also carry a
 -- replication origin, so they are never sent at all); for a person's write, name the writer
@@ -92,15 +102,68 @@ CREATE INDEX IF NOT EXISTS parked_parent ON ofisync.parked (parent_entity, paren
 -- had: which version of each field the person changed (streams/core/conflicts.py). The other
 -- fields' clocks are resolved to commit times on the way, so a captured row carries no
 -- transaction id but its own. The sink writes the clocks of the fields it sets itself.
+--
+-- Each synced table has a trigger function of its own, made by `ofisync.track` from the
+-- table's columns: it compares them one by one, where walking both rows as jsonb doubles the
+-- cost of a person's UPDATE (docs/performance.md). A column dropped, renamed or retyped under
+-- it makes it walk the rows instead (`ofisync.walk_clocks`), so the applications' writes never
+-- fail for it; `ofisync doctor` then says to prepare the database again.
+
+-- A clock entry as a person's write leaves it: another transaction's "x:" resolved to its commit
+-- time; this transaction's own stays "x:", as it has no commit time yet (its own later writes
+-- of the row read it as theirs: streams/core/rules.py).
+CREATE OR REPLACE FUNCTION ofisync.settled(entry text, clock text) RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN entry LIKE 'x:%' AND entry <> clock THEN 't:' || ofisync.clock_us(entry)
+                ELSE entry END
+$$;
+
+-- The columns a write trigger compares: the table's own, not the sync's.
+CREATE OR REPLACE FUNCTION ofisync.stamped_columns(p_table regclass) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') FROM pg_attribute
+     WHERE attrelid = p_table AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+       AND attname NOT LIKE 'ofisync\_%'
+$$;
+
+-- What a person's update leaves in the row's clocks and base, found by walking both rows as
+-- jsonb: the way that holds whatever the table's columns are now.
+CREATE OR REPLACE FUNCTION ofisync.walk_clocks(
+    new_row jsonb, old_row jsonb, old_clocks jsonb, clock text, OUT clocks jsonb, OUT base jsonb)
+LANGUAGE sql VOLATILE AS $$
+    SELECT coalesce((SELECT jsonb_object_agg(e.key, ofisync.settled(e.value, clock))
+                       FROM jsonb_each_text(old_clocks) e), '{}')
+               || coalesce(jsonb_object_agg(n.key, clock), '{}'),
+           nullif(jsonb_strip_nulls(
+               jsonb_object_agg(n.key, ofisync.settled(old_clocks ->> n.key, clock))), '{}')
+      FROM jsonb_each(new_row) n
+     WHERE n.value IS DISTINCT FROM old_row -> n.key AND n.key NOT LIKE 'ofisync\_%'
+$$;
+
+-- Makes the write trigger's function for one table, comparing `columns` one by one.
 -- SECURITY DEFINER: the applications' own roles need no rights on the ofisync schema.
-CREATE OR REPLACE FUNCTION ofisync.on_write() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, ofisync AS $$
+CREATE OR REPLACE FUNCTION ofisync.make_write_trigger(p_function text, columns text[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    keys text;
+    changed text;
+    base text;
+    settled text;
+BEGIN
+    SELECT string_agg(quote_literal(c), ', '),
+           string_agg(format('CASE WHEN NEW.%I IS DISTINCT FROM OLD.%I THEN clock END', c, c),
+                      ', '),
+           string_agg(format('CASE WHEN NEW.%I IS DISTINCT FROM OLD.%I'
+                             ' THEN ofisync.settled(OLD.ofisync_clocks ->> %L, clock) END',
+                             c, c, c), ', '),
+           string_agg(format('ofisync.settled(OLD.ofisync_clocks ->> %L, clock)', c), ', ')
+      INTO keys, changed, base, settled
+      FROM unnest(columns) c;
+    EXECUTE format($template$
+CREATE OR REPLACE FUNCTION ofisync.%1$I() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, ofisync AS $function$
 DECLARE
     writer text := nullif(current_setting('ofisync.origin', true), '');
-    changed jsonb;
-    base jsonb;
-    new_row jsonb;
-    old_row jsonb;
     clock text;
 BEGIN
     NEW.ofisync_origin := writer;
@@ -122,35 +185,35 @@ BEGIN
     NEW.ofisync_applied_lsn := OLD.ofisync_applied_lsn;
     NEW.ofisync_unlinked_from := CASE WHEN NEW.ofisync_deleted_at IS NOT NULL
                                       THEN OLD.ofisync_unlinked_from END;
-    -- Built once per row: inside the query they would be built again for every column.
-    new_row := to_jsonb(NEW);
-    old_row := to_jsonb(OLD);
-    clock := 'x:' || (txid_current() % 4294967296)::text;
-    -- A field this transaction already changed (the row written twice in one transaction)
-    -- keeps its "x:" entry, as clock and as base: this transaction has no commit time yet, and
-    -- its own changes are read with it (streams/core/rules.py).
-    SELECT jsonb_object_agg(n.key, clock),
-           jsonb_object_agg(n.key, CASE WHEN OLD.ofisync_clocks ->> n.key = clock
-                                        THEN to_jsonb(clock)
-                                        ELSE to_jsonb(ofisync.clock_us(OLD.ofisync_clocks ->> n.key))
-                                   END)
-      INTO changed, base
-      FROM jsonb_each(new_row) n
-     WHERE n.value IS DISTINCT FROM old_row -> n.key
-       AND n.key NOT LIKE 'ofisync\_%';
-    NEW.ofisync_base := base;
-    NEW.ofisync_clocks := coalesce(
-        (SELECT jsonb_object_agg(e.key, CASE WHEN e.value LIKE 'x:%' AND e.value <> clock
-                                             THEN 't:' || ofisync.clock_us(e.value)
-                                             ELSE e.value END)
-           FROM jsonb_each_text(OLD.ofisync_clocks) e), '{}') || coalesce(changed, '{}');
+    clock := 'x:' || (txid_current() %% 4294967296)::text;
+    BEGIN
+        NEW.ofisync_base := nullif(jsonb_strip_nulls(jsonb_object(ARRAY[%2$s]::text[],
+                                                                  ARRAY[%4$s]::text[])), '{}');
+        -- Only another transaction's "x:" entries need resolving.
+        NEW.ofisync_clocks := CASE WHEN OLD.ofisync_clocks::text LIKE '%%"x:%%'
+                                   THEN jsonb_strip_nulls(jsonb_object(ARRAY[%2$s]::text[],
+                                                                       ARRAY[%5$s]::text[]))
+                                   ELSE coalesce(OLD.ofisync_clocks, '{}') END
+                              || jsonb_strip_nulls(jsonb_object(ARRAY[%2$s]::text[],
+                                                                ARRAY[%3$s]::text[]));
+    EXCEPTION WHEN undefined_column OR datatype_mismatch THEN
+        -- The table changed since this function was made (`ofisync doctor` says so).
+        SELECT w.clocks, w.base INTO NEW.ofisync_clocks, NEW.ofisync_base
+          FROM ofisync.walk_clocks(to_jsonb(NEW), to_jsonb(OLD), OLD.ofisync_clocks, clock) w;
+    END;
     RETURN NEW;
+END
+$function$ $template$, p_function, keys, changed, base, settled);
+    EXECUTE format('COMMENT ON FUNCTION ofisync.%I() IS %L', p_function,
+                   'ofisync write trigger of columns ' || array_to_string(columns, ','));
 END
 $$;
 
 -- Adds the sync columns and the write trigger to one synced table.
 CREATE OR REPLACE FUNCTION ofisync.track(p_table regclass)
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    trigger_function text := 'on_write_' || (SELECT relname FROM pg_class WHERE oid = p_table);
 BEGIN
     EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_origin text', p_table);
     EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS ofisync_deleted_at timestamptz',
@@ -164,6 +227,7 @@ BEGIN
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (ofisync_unlinked_from)'
                    ' WHERE ofisync_unlinked_from IS NOT NULL',
                    replace(p_table::text, '.', '_') || '_ofisync_unlinked_from', p_table);
+    PERFORM ofisync.make_write_trigger(trigger_function, ofisync.stamped_columns(p_table));
     EXECUTE format('DROP TRIGGER IF EXISTS ofisync_on_write ON %s', p_table);
     -- Not run for a write of the sync's to a row the sync last wrote under the same mark: it
     -- would leave such a row as it is, and running it costs a quarter of the sink's UPDATE.
@@ -172,8 +236,19 @@ BEGIN
                    ' OR NEW.ofisync_origin IS NULL'
                    ' OR NEW.ofisync_origin IS DISTINCT FROM'
                    ' nullif(current_setting(''ofisync.origin'', true), ''''))'
-                   ' EXECUTE FUNCTION ofisync.on_write()', p_table);
+                   ' EXECUTE FUNCTION ofisync.%I()', p_table, trigger_function);
 END
+$$;
+
+-- The synced tables whose write trigger compares other columns than the table has now: people's
+-- writes to them walk the rows, slower, until the database is prepared again.
+CREATE OR REPLACE FUNCTION ofisync.stale_write_triggers() RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    SELECT t.tgrelid::regclass FROM pg_trigger t
+     WHERE t.tgname = 'ofisync_on_write'
+       AND obj_description(t.tgfoid, 'pg_proc') IS DISTINCT FROM
+           'ofisync write trigger of columns '
+           || array_to_string(ofisync.stamped_columns(t.tgrelid), ',')
 $$;
 
 -- Creates or updates a publication to exactly the given table list (idempotent, safe while
@@ -187,16 +262,6 @@ BEGIN
         EXECUTE format('CREATE PUBLICATION %I FOR TABLE %s', p_name, p_tables);
     END IF;
 END
-$$;
-
--- A clock entry ("x:<xid>" or "t:<µs>") as µs since the epoch. VOLATILE like
--- pg_xact_commit_timestamp, so that PostgreSQL inlines it into the query that calls it.
-CREATE OR REPLACE FUNCTION ofisync.clock_us(c text) RETURNS bigint LANGUAGE sql VOLATILE AS $$
-    SELECT CASE
-        WHEN c LIKE 't:%' THEN substr(c, 3)::bigint
-        WHEN c LIKE 'x:%' THEN
-            (extract(epoch FROM pg_xact_commit_timestamp(substr(c, 3)::xid)) * 1000000)::bigint
-    END
 $$;
 
 -- The sink's reads resolve a row's clocks with a subquery (RESOLVED_CLOCKS in

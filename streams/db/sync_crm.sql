@@ -4,6 +4,8 @@ SELECT ofisync.track('accounts');
 SELECT ofisync.track('files');
 SELECT ofisync.track('segments');
 SELECT ofisync.track('documents');
+-- The one write trigger function every table shared before each had its own.
+DROP FUNCTION IF EXISTS ofisync.on_write();
 SELECT ofisync.move_state_into_rows(ARRAY[
     ['accounts', 'erp_id', 'client', 'erp'],
     ['files', 'erp_id', 'file', 'erp'],

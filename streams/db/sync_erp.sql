@@ -4,6 +4,8 @@ SELECT ofisync.track('clientes');
 SELECT ofisync.track('expedientes');
 SELECT ofisync.track('billetes');
 SELECT ofisync.track('documentos');
+-- The one write trigger function every table shared before each had its own.
+DROP FUNCTION IF EXISTS ofisync.on_write();
 SELECT ofisync.move_state_into_rows(ARRAY[
     ['clientes', 'crm_id', 'client', 'crm'],
     ['expedientes', 'crm_id', 'file', 'crm'],

@@ -1,7 +1,8 @@
 """Doctor (operations): configuration problems found before they bite.
 
 Each check names what it looked at, whether it holds, and what to do when it does not:
-databases (logical WAL, commit timestamps, publication, slot and its retained WAL), Kafka
+databases (logical WAL, commit timestamps, publication, slot and its retained WAL, write
+triggers made for the tables' current columns), Kafka
 (topics, compacted configuration topics), Connect (connectors and tasks running), the worker
 (running, mapping loaded), and the mapping itself (header defaults, sellers, branches, CRM users
 and agencies that map to nothing).
@@ -52,6 +53,7 @@ def _database(settings: Settings, db: Database) -> Iterator[Check]:
     with conn:
         yield Check(area, "reachable", True, db.safe_dsn)
         yield from _echoes(settings, db, conn)
+        yield write_triggers(area, conn)
         wal = _one(conn, "SHOW wal_level")
         yield Check(
             area,
@@ -151,6 +153,22 @@ def _echoes(settings: Settings, db: Database, conn: psycopg.Connection[Any]) -> 
         used < slots,
         f"{used} replication origins in use of {setting} = {slots}",
         f"raise {setting} (the sink's sessions each take one) and restart PostgreSQL",
+    )
+
+
+def write_triggers(area: str, conn: psycopg.Connection[Any]) -> Check:
+    """Each synced table's write trigger compares the columns the table had when the database
+    was prepared; a table changed since still works, but people's writes to it cost more."""
+    stale = [r[0] for r in conn.execute("SELECT ofisync.stale_write_triggers()::text ORDER BY 1")]
+    return Check(
+        area,
+        "write triggers",
+        not stale,
+        f"columns changed since the database was prepared: {', '.join(stale)}"
+        if stale
+        else "every synced table's write trigger matches its columns",
+        "prepare the database again (`ofisync up`, or deploy/production/prepare_databases.py):"
+        " until then people's writes to these tables take the trigger's slower path",
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from streams.core.model import Side
+from streams.ops import doctor
 from streams.settings import Settings
 from tests.component.helpers import dsn, one, tag
 
@@ -20,6 +21,10 @@ def write(settings: Settings, origin: str | None, sql: str, params: Any) -> None
         if origin is not None:
             conn.execute("SELECT set_config('ofisync.origin', %s, false)", (origin,))
         conn.execute(sql, params)
+
+
+def stale_tables(conn: psycopg.Connection[Any]) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT ofisync.stale_write_triggers()::text")}
 
 
 def marks(settings: Settings, account: int) -> Marks:
@@ -121,3 +126,66 @@ def test_a_row_a_person_writes_twice_in_one_transaction_keeps_every_field_s_cloc
         "city": f"t:{city_us}", "notes": f"t:{committed}", "email": f"t:{committed}",
     }  # fmt: skip
     assert clocks["phone"].startswith("x:")
+
+
+def test_a_table_changed_under_its_write_trigger_is_still_stamped_the_same_and_doctor_says_so(
+    databases: Settings,
+) -> None:
+    """Each table's trigger compares the columns it was made for. Once one of them is dropped,
+    it walks the rows instead: the application's writes go on, stamped as the comparison would
+    have stamped them, and `ofisync doctor` says to prepare the database again. Both tables get
+    the same writes in the same transactions, so their clocks can be compared."""
+    compared, walked = f"compared_{tag()}", f"walked_{tag()}"
+    tables = (compared, walked)
+    with psycopg.connect(dsn(databases, Side.CRM), autocommit=True) as conn:
+        for table in tables:
+            conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, a text, b int, gone text)")
+            conn.execute("SELECT ofisync.track(%s)", (table,))
+        assert stale_tables(conn) == set()
+        conn.execute(f"ALTER TABLE {walked} DROP COLUMN gone")
+        conn.execute(f"ALTER TABLE {compared} DROP COLUMN gone")
+        conn.execute("SELECT ofisync.track(%s)", (compared,))  # prepared again
+        assert stale_tables(conn) == {walked}
+        check = doctor.write_triggers(databases.crm.title, conn)
+        assert not check.ok and walked in check.detail and "ofisync up" in check.fix
+
+    def both(*statements: str) -> list[Any]:
+        with psycopg.connect(dsn(databases, Side.CRM)) as conn:
+            for statement in statements:
+                for table in tables:
+                    conn.execute(statement.format(table=table))
+        return [
+            one(databases, Side.CRM, f"SELECT ofisync_clocks, ofisync_base FROM {t}")
+            for t in tables
+        ]
+
+    steps = [
+        ("INSERT INTO {table} VALUES (1, 'a', 1)",),
+        ("UPDATE {table} SET a = 'b'",),
+        ("UPDATE {table} SET b = 2", "UPDATE {table} SET a = 'c', b = 3"),  # b twice in one
+        ("UPDATE {table} SET a = 'c'",),  # nothing changed
+        ("UPDATE {table} SET b = NULL, a = 'd'",),
+    ]
+    seen = []
+    for statements in steps:
+        by_comparison, by_walk = both(*statements)
+        assert by_comparison == by_walk
+        seen.append(by_comparison)
+
+    def committed(entry: str) -> str:
+        return one(databases, Side.CRM, "SELECT 't:' || ofisync.clock_us(%s)", (entry,))  # type: ignore[no-any-return]
+
+    inserted, first, twice, unchanged, last = seen
+    assert inserted == (None, None)
+    x2 = first[0]["a"]
+    assert first == ({"a": x2}, None)  # a had no clock before: no base
+    x3 = twice[0]["a"]
+    assert twice == ({"a": x3, "b": x3}, {"a": committed(x2), "b": x3})
+    assert unchanged == ({"a": committed(x3), "b": committed(x3)}, None)
+    x5 = last[0]["a"]
+    assert last == ({"a": x5, "b": x5}, {"a": committed(x3), "b": committed(x3)})
+    assert len({x2, x3, x5}) == 3 and all(x.startswith("x:") for x in (x2, x3, x5))
+    with psycopg.connect(dsn(databases, Side.CRM), autocommit=True) as conn:
+        for table in tables:
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("DROP FUNCTION " + ", ".join(f"ofisync.on_write_{t}()" for t in tables))

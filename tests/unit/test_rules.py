@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from streams.core.contract import CLIENT, DOCUMENT, FILE, SEGMENT, entity_for_table
 from streams.core.model import ChangeEvent, Command, CommandOp, Op, Side
-from streams.core.rules import Invalid, Skip, pnr_capture, to_command
+from streams.core.rules import Invalid, Skip, bases_of, pnr_capture, to_command
 
 ERP_ROW = {f.erp: None for f in CLIENT.fields} | {
     "id": 5,
@@ -84,7 +84,12 @@ def test_a_field_changed_twice_in_one_transaction_replaced_this_change_s_own_ver
     assert isinstance(cmd, Command)
     values = {v.field: v for v in cmd.values}
     assert values["email"].base == 200  # the change's own commit time
-    assert values["phone"].base is None  # not a clock the trigger writes as a base
+    assert values["phone"].base == 5  # a committed version, as the trigger writes it
+
+
+def test_a_base_is_read_as_the_trigger_writes_it_or_wrote_it_before() -> None:
+    row = {"ofisync_base": '{"a": "t:150", "b": 140, "c": "t:", "d": "u:1", "e": true, "f": null}'}
+    assert bases_of(row, 200) == {"a": 150, "b": 140, "c": None, "d": None, "e": None, "f": None}
 
 
 def test_an_update_of_no_synced_field_is_skipped() -> None:
