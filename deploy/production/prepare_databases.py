@@ -77,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else getpass.getpass(f"password of {args.admin} on {db.endpoint}/{db.dbname}: ")
             )
             admin = as_admin(settings, side, args.admin, secret or None)
-            Cluster(admin, admin.erp if side == "erp" else admin.crm).ensure_database()
+            remade = Cluster(admin, admin.erp if side == "erp" else admin.crm).ensure_database()
             roles = ", ".join(role_name(settings, r) for r in Role)
             print(f"✓ {db.title} ({db.endpoint}/{db.dbname}): sync schema, publication, {roles}")
+            if remade:
+                print(f"  write triggers made for the new columns of {', '.join(remade)}")
     except (SettingsError, StackError) as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2

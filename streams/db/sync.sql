@@ -251,6 +251,25 @@ LANGUAGE sql STABLE AS $$
            || array_to_string(ofisync.stamped_columns(t.tgrelid), ',')
 $$;
 
+-- Makes the stale write triggers' functions again for the tables' current columns, and says
+-- which. Replacing a function takes no lock on its table, so it runs whenever the database is
+-- prepared, even where the sync is writing.
+CREATE OR REPLACE FUNCTION ofisync.remake_stale_write_triggers() RETURNS SETOF regclass
+LANGUAGE plpgsql AS $$
+DECLARE
+    stale record;
+BEGIN
+    FOR stale IN SELECT t.tgrelid::regclass AS tbl, p.proname::text AS function
+                   FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+                  WHERE t.tgname = 'ofisync_on_write'
+                    AND t.tgrelid IN (SELECT ofisync.stale_write_triggers())
+    LOOP
+        PERFORM ofisync.make_write_trigger(stale.function, ofisync.stamped_columns(stale.tbl));
+        RETURN NEXT stale.tbl;
+    END LOOP;
+END
+$$;
+
 -- Creates or updates a publication to exactly the given table list (idempotent, safe while
 -- a replication slot streams from it).
 CREATE OR REPLACE FUNCTION ofisync.publish(p_name text, p_tables text)

@@ -144,7 +144,11 @@ class Stack:
                 with progress.step(f"{cluster.db.title} PostgreSQL on {cluster.db.endpoint}"):
                     cluster.init()
                     _start(cluster, started)
-                    cluster.ensure_database()
+                    remade = cluster.ensure_database()
+                    if remade:
+                        progress.note(
+                            f"write triggers made for the new columns of {', '.join(remade)}"
+                        )
             if demo:
                 with progress.step("demo data"):
                     progress.note(self.load_demo())

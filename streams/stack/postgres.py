@@ -241,7 +241,9 @@ class Cluster:
                 + _role_sql(role is Role.CAPTURE, verifier)
             )
 
-    def ensure_database(self) -> None:
+    def ensure_database(self) -> list[str]:
+        """The database with the sync's objects, made or upgraded; returns the synced tables
+        whose write triggers were made again because an application changed their columns."""
         with psycopg.connect(self.db.dsn_for("postgres"), autocommit=True) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (self.db.dbname,)
@@ -262,31 +264,43 @@ class Cluster:
             self._ensure_roles(conn)
             # The DDL takes strong locks; on a database the sync is already writing to it could
             # deadlock, so it runs only when it changed (a new database, an upgrade).
-            if _schema_version(conn) == version:
-                return
-            with conn.transaction():
-                for script in scripts:
-                    try:
-                        conn.execute(ddl(script))
-                    except psycopg.Error as exc:
-                        raise StackError(
-                            f"applying streams/db/{script} to {self.db.title} failed: {exc}"
-                        ) from exc
+            if _schema_version(conn) != version:
+                self._apply(conn, scripts, roles, version)
+            stale = conn.execute("SELECT ofisync.remake_stale_write_triggers()::text ORDER BY 1")
+            return [r[0] for r in stale]
+
+    def _apply(
+        self,
+        conn: psycopg.Connection[Any],
+        scripts: tuple[str, ...],
+        roles: list[str],
+        version: str,
+    ) -> None:
+        """The sync's schema, triggers, publication, grants and replication origins, in one
+        transaction, and the version of the scripts they were made from."""
+        with conn.transaction():
+            for script in scripts:
+                try:
+                    conn.execute(ddl(script))
+                except psycopg.Error as exc:
+                    raise StackError(
+                        f"applying streams/db/{script} to {self.db.title} failed: {exc}"
+                    ) from exc
+            conn.execute(
+                "SELECT ofisync.publish(%s, ofisync.published_tables())",
+                (self.settings.slot_name(self.db.side),),
+            )
+            conn.execute("SELECT ofisync.grant_sync_roles(%s, %s)", roles)
+            if conn.info.server_version >= ORIGIN_SERVER_VERSION:
                 conn.execute(
-                    "SELECT ofisync.publish(%s, ofisync.published_tables())",
-                    (self.settings.slot_name(self.db.side),),
+                    "SELECT ofisync.prepare_origins(%s, %s)",
+                    (roles[0], origin_names(self.settings.tenant, Side(self.db.side))),
                 )
-                conn.execute("SELECT ofisync.grant_sync_roles(%s, %s)", roles)
-                if conn.info.server_version >= ORIGIN_SERVER_VERSION:
-                    conn.execute(
-                        "SELECT ofisync.prepare_origins(%s, %s)",
-                        (roles[0], origin_names(self.settings.tenant, Side(self.db.side))),
-                    )
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS ofisync.schema_version (version text NOT NULL)"
-                )
-                conn.execute("DELETE FROM ofisync.schema_version")
-                conn.execute("INSERT INTO ofisync.schema_version VALUES (%s)", (version,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS ofisync.schema_version (version text NOT NULL)"
+            )
+            conn.execute("DELETE FROM ofisync.schema_version")
+            conn.execute("INSERT INTO ofisync.schema_version VALUES (%s)", (version,))
 
 
 def _role_sql(replication: bool, verifier: str) -> sql.Composed:
