@@ -154,17 +154,26 @@ def _json_map(raw: Canonical) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+def _entry_us(entry: Any, commit_us: int) -> int | None:
+    """A clock entry as the trigger writes it, in µs: "t:<µs>", or "x:<xid>", which only the
+    writing transaction's own entries still are (its commit time); None for anything else."""
+    if not isinstance(entry, str):
+        return None
+    if entry.startswith("x:"):
+        return commit_us
+    if entry.startswith("t:") and entry[2:].isdigit():
+        return int(entry[2:])
+    return None
+
+
 def clocks_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int]:
     """The clock of each field of a captured row: a field this change set carries its commit
     time ("x:" entries: the trigger leaves only the writing transaction's unresolved)."""
     found = {}
     for column, entry in _json_map(row.get(CLOCKS)).items():
-        if not isinstance(entry, str):
-            continue
-        if entry.startswith("x:"):
-            found[column] = commit_us
-        elif entry.startswith("t:") and entry[2:].isdigit():
-            found[column] = int(entry[2:])
+        clock = _entry_us(entry, commit_us)
+        if clock is not None:
+            found[column] = clock
     return found
 
 
@@ -175,17 +184,10 @@ def bases_of(row: Mapping[str, Canonical], commit_us: int) -> dict[str, int | No
     its commit time, like the clocks. A field with no clock before has no entry, or a null."""
     bases: dict[str, int | None] = {}
     for column, clock in _json_map(row.get(BASE)).items():
-        if isinstance(clock, str):
-            if clock.startswith("t:") and clock[2:].isdigit():
-                bases[column] = int(clock[2:])
-            elif clock.startswith("x:"):
-                bases[column] = commit_us
-            else:
-                bases[column] = None
-        elif isinstance(clock, int) and not isinstance(clock, bool):
+        if isinstance(clock, int) and not isinstance(clock, bool):
             bases[column] = clock
         else:
-            bases[column] = None
+            bases[column] = _entry_us(clock, commit_us)
     return bases
 
 
