@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
 
 from streams.apply import documents, ownership, parking
-from streams.apply.connections import keep_commit_time
+from streams.apply.connections import keep_commit_time, pipelined_transaction
 from streams.apply.parking import RecordKey, Waiting
 from streams.apply.reapply import reapply
 from streams.apply.records import Duplicate, Held, Records, Rejected
@@ -68,12 +69,13 @@ class BatchTransaction:
 
     async def run(self, commands: Sequence[Command], parked: Mapping[int, int]) -> BatchResult:
         """Applies `commands` (`parked`: id(command) → its parked row, for released ones)."""
-        async with self.conn.transaction():
+        async with self._transaction(commands):
             await keep_commit_time(self.conn)
-            self.waiting = await _waiting(self.conn, commands, parked.values())
+            waiting = await _start_waiting(self.conn, commands, parked.values())
             writes = [c for c in commands if row_write(c) or c.op is CommandOp.REAPPLY]
             self.flagged_at_source = await self._flagged_at_source(commands)
             await self.ws.load(writes)
+            self.waiting = {(s, e, k) for s, e, k in await waiting.fetchall()}
             await self.records.prepare(self.ws)
             self.claimed = await parking.claim(self.conn, parked.values())
             for cmd in commands:
@@ -88,6 +90,15 @@ class BatchTransaction:
         ]
         result.fallbacks += self.translator.fallbacks
         return result
+
+    def _transaction(self, commands: Sequence[Command]) -> AbstractAsyncContextManager[Any]:
+        """A careful batch needs each command's error in its own savepoint, and a document's
+        upload streams COPY, which a pipeline cannot carry; any other batch is one pipeline."""
+        if self.careful or any(
+            c.entity == DOCUMENT.name and c.op is CommandOp.UPSERT for c in commands
+        ):
+            return self.conn.transaction()
+        return pipelined_transaction(self.conn)
 
     async def _flagged_at_source(self, commands: Sequence[Command]) -> set[RecordKey]:
         """The replayed upserts whose source record is flagged now (the other side deleted its
@@ -237,17 +248,17 @@ class BatchTransaction:
             return _DEAD
 
 
-async def _waiting(
+async def _start_waiting(
     conn: Connection, commands: Sequence[Command], releasing: Iterable[int]
-) -> set[RecordKey]:
-    """The batch's records that have changes parked (other than those being released): their
-    later changes wait behind them."""
+) -> psycopg.AsyncCursor[Any]:
+    """Asks for the batch's records that have changes parked (other than those being released):
+    their later changes wait behind them. Read once the batch's rows are read too (in a pipeline,
+    both answers come in one round trip)."""
     keys = sorted({parking.record_key(c) for c in commands})
-    cur = await conn.execute(
+    return await conn.execute(
         "SELECT DISTINCT p.source, p.entity, p.source_key FROM ofisync.parked p"
         " JOIN jsonb_to_recordset(%s::jsonb) AS k(s text, e text, k text)"
         "  ON p.source = k.s AND p.entity = k.e AND p.source_key = k.k"
         " WHERE p.id <> ALL(%s::bigint[])",
         (json_rows([{"s": s, "e": e, "k": k} for s, e, k in keys]), list(releasing)),
     )
-    return {(s, e, k) for s, e, k in await cur.fetchall()}

@@ -19,11 +19,15 @@ origin filter takes a transaction whole.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
 
 from streams.core.model import SYNC_ORIGIN, Side
@@ -57,6 +61,30 @@ async def keep_commit_time(conn: psycopg.AsyncConnection[Any]) -> None:
     timestamp is the commit's own (see the module docstring)."""
     if conn in _with_origin:
         await conn.execute(_KEEP_COMMIT_TIME)
+
+
+@asynccontextmanager
+async def pipelined_transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A transaction whose statements go as one pipeline: those whose results are not read go
+    with the next one that is, and the last ones with the COMMIT, so a sink's batch of updates
+    takes two round trips instead of six. PostgreSQL runs them in order and skips the rest after
+    an error, which psycopg raises by the end of the block at the latest; the transaction is then
+    rolled back. The BEGIN is sent as a statement: psycopg's own transactions wait for the BEGIN's
+    answer, and their end for two more."""
+    await conn.set_autocommit(True)
+    try:
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            yield
+            await conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status is not TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):  # a lost connection: the error said so
+                await conn.rollback()
+        raise
+    finally:
+        if not conn.closed and conn.info.transaction_status is TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
 
 
 async def mark_as_sync(conn: psycopg.AsyncConnection[Any], origins: list[str]) -> str | None:

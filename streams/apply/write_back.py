@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from streams.apply import documents, parent_links, parking
-from streams.apply.connections import SinkConnections, keep_commit_time
+from streams.apply.connections import SinkConnections, keep_commit_time, pipelined_transaction
 from streams.apply.results import BatchResult
 from streams.apply.statements import ident
 from streams.core.contract import ENTITIES
@@ -40,7 +40,7 @@ async def write_back(conns: SinkConnections, target: Side, result: BatchResult) 
         return
     conn = await conns.source()
     # Nothing here reads a result: the whole transaction goes in one round trip.
-    async with conn.pipeline(), conn.transaction():
+    async with pipelined_transaction(conn):
         await keep_commit_time(conn)
         await documents.write_notes(conn, result.document_notes)
         await documents.mark_uploaded(conn, result.uploaded)

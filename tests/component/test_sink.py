@@ -4,7 +4,15 @@ pauses, values too long, history, alignment."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import tempfile
 import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import psycopg
+from psycopg import pq
 
 from streams.apply.results import BatchResult
 from streams.apply.sink import Sink
@@ -470,4 +478,69 @@ async def test_a_field_set_and_set_back_in_one_crm_transaction_ends_equal_on_bot
     result = await sinks[Side.ERP].apply([command(e) for e in events])
     assert (len(result.applied), result.conflicts) == (2, 0)
     assert erp_field(databases, client, "observaciones") == "before"
+    await close(sinks)
+
+
+@contextlib.asynccontextmanager
+async def traced(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[Callable[[], int]]:
+    """Traces the messages of `conn` (libpq's own trace) and gives how often it waited for the
+    server: each run of messages it sent that the server then answered."""
+    with tempfile.TemporaryFile() as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        senders: list[str] = []
+        try:
+            yield lambda: sum(1 for pair in itertools.pairwise(senders) if pair == ("F", "B"))
+        finally:
+            conn.pgconn.untrace()
+            trace.seek(0)
+            senders += [line.split(b"\t", 1)[0].decode() for line in trace if line.strip()]
+
+
+@run
+async def test_a_batch_of_updates_takes_two_round_trips_to_its_target(databases: Settings) -> None:
+    """The batch's statements go as one pipeline: the reads with the BEGIN, the writes with the
+    COMMIT (each its own round trip, they were six)."""
+    sinks = sinks_for(databases)
+    pairs = [await linked_client(databases, sinks, f"trips {tag()}") for _ in range(3)]
+    notes = [f"trip {tag()}" for _ in pairs]
+    changes = [
+        erp_update(databases, client, "observaciones", note)
+        for (client, _), note in zip(pairs, notes, strict=True)
+    ]
+    sink = sinks[Side.CRM]
+    async with traced(await sink.connections.target()) as trips:
+        result = await sink.apply(changes)
+    assert trips() == 2
+    assert len(result.applied) == 3 and not result.dead
+    assert [crm_field(databases, account, "notes") for _, account in pairs] == notes
+    await close(sinks)
+
+
+@run
+async def test_new_records_are_linked_back_in_one_round_trip_to_their_source(
+    databases: Settings,
+) -> None:
+    sinks = sinks_for(databases)
+    sink = sinks[Side.CRM]
+    await sink.connections.text_limits()
+    created = [
+        command(
+            write(
+                databases, Side.ERP, "client",
+                "INSERT INTO clientes (nombre, sincronizar_crm) VALUES (%s, true) RETURNING id",
+                (f"linked back {tag()}",),
+            )
+        )
+        for _ in range(3)
+    ]  # fmt: skip
+    async with traced(await sink.connections.source()) as trips:
+        result = await sink.apply(created)
+    assert trips() == 1
+    assert len(result.applied) == 3 and len(result.links) == 3
+    linked = [
+        one(databases, Side.ERP, "SELECT crm_id FROM clientes WHERE id = %s", (int(c.source_key),))
+        for c in created
+    ]
+    assert sorted(linked) == sorted(target_id for _, target_id, _ in result.links)
     await close(sinks)
