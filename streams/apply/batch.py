@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
@@ -91,7 +90,9 @@ class BatchTransaction:
         result.fallbacks += self.translator.fallbacks
         return result
 
-    def _transaction(self, commands: Sequence[Command]) -> AbstractAsyncContextManager[Any]:
+    def _transaction(
+        self, commands: Sequence[Command]
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
         """A careful batch needs each command's error in its own savepoint, and a document's
         upload streams COPY, which a pipeline cannot carry; any other batch is one pipeline."""
         if self.careful or any(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -63,7 +62,7 @@ async def keep_commit_time(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(_KEEP_COMMIT_TIME)
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def pipelined_transaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
     """A transaction whose statements go as one pipeline: those whose results are not read go
     with the next one that is, and the last ones with the COMMIT, so a sink's batch of updates
