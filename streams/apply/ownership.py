@@ -72,7 +72,7 @@ async def take_other_values(
             cur = await conn.execute(
                 "INSERT INTO ofisync.lock_violations (entity, record_key, field, attempted_value,"
                 " restored_value, attempted_by, source_lsn) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (entity, record_key, field, source_lsn) DO NOTHING",
+                " ON CONFLICT (entity, record_key, field, source_lsn) DO NOTHING RETURNING 1",
                 (
                     entity.name,
                     cmd.source_key,
@@ -83,7 +83,9 @@ async def take_other_values(
                     cmd.lsn,
                 ),
             )
-            result.lock_violations += cur.rowcount
+            # What was recorded is read back, not counted from the status: in a pipelined
+            # batch the status is not there until the results are.
+            result.lock_violations += len(await cur.fetchall())
     if updates or stamps:
         assigned: list[sql.Composable] = [sql.SQL("{} = %s").format(ident(c)) for c in updates]
         assigned.append(sql.SQL("ofisync_clocks = coalesce(ofisync_clocks, '{}') || %s::jsonb"))
