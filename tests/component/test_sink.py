@@ -523,7 +523,6 @@ async def test_new_records_are_linked_back_in_one_round_trip_to_their_source(
 ) -> None:
     sinks = sinks_for(databases)
     sink = sinks[Side.CRM]
-    await sink.connections.text_limits()
     created = [
         command(
             write(
