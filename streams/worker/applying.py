@@ -101,8 +101,13 @@ class Applier:
         result: BatchResult,
         messages: Mapping[tuple[str, str, str, int], Any],
     ) -> None:
-        """Counts a batch's outcome, dead-letters what failed and wakes the release tasks."""
-        _count(target, result, self.latencies)
+        """Counts a batch's outcome, dead-letters what failed and wakes the release tasks. The
+        batch is committed by now: a failure to count it is logged, never raised (raised, the
+        batch would go again for ever and nothing behind it would move)."""
+        try:
+            _count(target, result, self.latencies)
+        except Exception:
+            log.exception("counting a batch applied to %s failed; it is applied", target.value)
         if result.parked:
             self.on_parked(target)
         for cmd, reason in result.dead:
