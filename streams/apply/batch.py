@@ -34,12 +34,15 @@ Connection = psycopg.AsyncConnection[Any]
 _DEAD = object()
 
 
+def uploads(cmd: Command) -> bool:
+    """A document's upload: it streams its content itself (COPY), outside the unit of work."""
+    return cmd.entity == DOCUMENT.name and cmd.op is CommandOp.UPSERT
+
+
 def row_write(cmd: Command) -> bool:
     """Commands applied through the unit of work: row upserts and deletes (a document upload
     streams its content itself; the commands a side gets about its own rows write their own)."""
-    return cmd.op in (CommandOp.UPSERT, CommandOp.DELETE) and not (
-        cmd.entity == DOCUMENT.name and cmd.op is CommandOp.UPSERT
-    )
+    return cmd.op in (CommandOp.UPSERT, CommandOp.DELETE) and not uploads(cmd)
 
 
 class BatchTransaction:
@@ -95,9 +98,7 @@ class BatchTransaction:
     ) -> contextlib.AbstractAsyncContextManager[Any]:
         """A careful batch needs each command's error in its own savepoint, and a document's
         upload streams COPY, which a pipeline cannot carry; any other batch is one pipeline."""
-        if self.careful or any(
-            c.entity == DOCUMENT.name and c.op is CommandOp.UPSERT for c in commands
-        ):
+        if self.careful or any(uploads(c) for c in commands):
             return self.conn.transaction()
         return pipelined_transaction(self.conn)
 

@@ -24,16 +24,15 @@ from typing import Any, TypeVar
 import psycopg
 
 from streams.apply import documents, parking
-from streams.apply.batch import BatchTransaction
+from streams.apply.batch import BatchTransaction, uploads
 from streams.apply.connections import SinkConnections, keep_commit_time
 from streams.apply.parking import ParentKey
 from streams.apply.records import Records
 from streams.apply.results import PERMANENT, BatchResult
 from streams.apply.write_back import write_back
 from streams.core.conflicts import Policy
-from streams.core.contract import DOCUMENT
 from streams.core.mapping import Mapping as SyncMapping
-from streams.core.model import Command, CommandOp, Side
+from streams.core.model import Command, Side
 from streams.core.order import parents_first
 
 log = logging.getLogger("ofisync.sink")
@@ -114,11 +113,7 @@ class Sink:
 
     async def _note_unreachable(self, commands: Sequence[Command]) -> None:
         """Documents that cannot go up now say so in OfiViaje (when OfiViaje is reachable)."""
-        waiting = [
-            int(c.source_key)
-            for c in commands
-            if c.entity == DOCUMENT.name and c.op is CommandOp.UPSERT and self.target is Side.CRM
-        ]
+        waiting = [int(c.source_key) for c in commands if uploads(c) and self.target is Side.CRM]
         if not waiting:
             return
         try:
