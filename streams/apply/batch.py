@@ -90,7 +90,7 @@ class BatchTransaction:
             (cmd, target_id, number or self.ws.numbers.get((self._table(cmd), target_id)))
             for cmd, target_id, number in result.links
         ]
-        result.fallbacks += self.translator.fallbacks
+        result.fallbacks.update(self.translator.fallbacks)
         return result
 
     def _transaction(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -35,7 +36,7 @@ class BatchResult:
     flagged: int = 0  # for a record flagged as deleted on the other side
     gone: int = 0  # for a record deleted on the target
     matched: int = 0  # new records linked to one that was there instead of created
-    fallbacks: list[tuple[Via, str]] = field(default_factory=list)  # mapping fallbacks
+    fallbacks: Counter[tuple[Via, str]] = field(default_factory=Counter)  # values, by reason
     dead: list[tuple[Command, str]] = field(default_factory=list)
     links: list[tuple[Command, int, str | None]] = field(default_factory=list)
     opt_ins: list[tuple[Entity, int]] = field(default_factory=list)  # parents to check

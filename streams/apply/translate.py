@@ -8,6 +8,7 @@ parent makes the change wait (parked). Sellers, branches and vocabularies go thr
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import NamedTuple
 
 from streams.apply.parking import Waiting
@@ -35,7 +36,7 @@ class Translator:
         self.ws = ws
         self.target = target
         self.mapping = mapping
-        self.fallbacks: list[tuple[Via, str]] = []  # (what was mapped, why it fell back)
+        self.fallbacks: Counter[tuple[Via, str]] = Counter()  # (what was mapped, why) → values
 
     async def command_values(
         self, entity: Entity, cmd: Command, only_changed: bool
@@ -91,8 +92,8 @@ class Translator:
         if f.via in (Via.SAME, Via.NUMBER):
             return value
         mapped = self.mapping.translate(f.via, value, self.target)
-        if report and mapped.fallback and (f.via, mapped.fallback) not in self.fallbacks:
-            self.fallbacks.append((f.via, mapped.fallback))
+        if report and mapped.fallback:
+            self.fallbacks[f.via, mapped.fallback] += 1
         return mapped.value
 
     async def _parent(self, f: Field, source_id: Canonical) -> Canonical | Waiting:

@@ -23,6 +23,7 @@ from streams.apply.results import BatchResult
 from streams.apply.sink import Contended, Sink, TransientError
 from streams.core.model import Command, Side
 from streams.ops.observe import Latencies
+from streams.ops.repeats import FALLBACK_REPEAT_S, Repeats
 from streams.worker import metrics
 from streams.worker.dead_letters import CommandOrigin, DeadLetters
 
@@ -46,6 +47,7 @@ class Applier:
         self.latencies = latencies
         self.on_linked = on_linked
         self.on_parked = on_parked
+        self.fallbacks_said = Repeats(FALLBACK_REPEAT_S)
 
     async def apply(
         self,
@@ -106,6 +108,7 @@ class Applier:
         batch would go again for ever and nothing behind it would move)."""
         try:
             _count(target, result, self.latencies)
+            _warn_fallbacks(target, result, self.fallbacks_said)
         except Exception:
             log.exception("counting a batch applied to %s failed; it is applied", target.value)
         if result.parked:
@@ -147,6 +150,17 @@ def _count(target: Side, result: BatchResult, latencies: Latencies) -> None:
     metrics.MATCHED.labels(target.value).inc(result.matched)
     for reason in ("paused", "flagged", "gone"):
         metrics.HELD.labels(target.value, reason).inc(getattr(result, reason))
-    for via, reason in result.fallbacks:
-        metrics.MAPPING_FALLBACKS.labels(target.value, via.value).inc()
-        log.warning("mapping fallback on %s: %s; used the header default", target.value, reason)
+    for (via, _), n in result.fallbacks.items():
+        metrics.MAPPING_FALLBACKS.labels(target.value, via.value).inc(n)
+
+
+def _warn_fallbacks(target: Side, result: BatchResult, repeats: Repeats) -> None:
+    for (via, reason), n in result.fallbacks.items():
+        times = repeats.due((target, via, reason), n)
+        if times is None:
+            continue
+        log.warning(
+            "mapping fallback on %s: %s; used the header default for %s value%s (said again at"
+            " most every %.0f s while it recurs)",
+            target.value, reason, f"{times:,}", "" if times == 1 else "s", repeats.every_s,
+        )  # fmt: skip

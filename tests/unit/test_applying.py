@@ -1,15 +1,21 @@
 """What follows a batch's commit: a failure to count its outcome never holds back what waits on
-it (raised, the committed batch would go again for ever and its direction would stall)."""
+it (raised, the committed batch would go again for ever and its direction would stall), and a
+mapping fallback is counted for every value but not logged for every batch."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from typing import cast
+
+import pytest
 
 from streams.apply.parking import ParentKey
 from streams.apply.results import BatchResult
-from streams.core.model import Side
+from streams.core.model import Side, Via
 from streams.ops.observe import Latencies
+from streams.worker import metrics
 from streams.worker.applying import Applier
 from streams.worker.dead_letters import DeadLetters
 
@@ -26,3 +32,22 @@ def test_a_batch_whose_outcome_cannot_be_counted_still_wakes_what_waits_on_it() 
     asyncio.run(applier.settle(Side.CRM, result, {}))
     assert parked == [Side.CRM]
     assert linked == [[parent]]
+
+
+def test_a_mapping_fallback_is_counted_for_every_value_and_said_once_in_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    applier = Applier({}, cast(DeadLetters, None), Latencies(), lambda _: None, lambda _: None)
+    seller = metrics.MAPPING_FALLBACKS.labels(Side.CRM.value, Via.SELLER.value)
+    counted = seller._value.get()
+    reason = "seller 9 has no CRM user"
+    with caplog.at_level(logging.WARNING, logger="ofisync.worker"):
+        for _ in range(3):
+            result = BatchResult(fallbacks=Counter({(Via.SELLER, reason): 4}))
+            asyncio.run(applier.settle(Side.CRM, result, {}))
+    assert seller._value.get() == counted + 12
+    said = [r.getMessage() for r in caplog.records if reason in r.getMessage()]
+    assert said == [
+        f"mapping fallback on crm: {reason}; used the header default for 4 values (said again at"
+        " most every 600 s while it recurs)"
+    ]
