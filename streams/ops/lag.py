@@ -45,28 +45,66 @@ def tenant_groups(admin: KafkaAdminClient, settings: Settings) -> list[str]:
     return sorted(ours - {settings.connect_group})
 
 
+class LagReader:
+    """Reads consumer lag with Kafka clients it keeps: the dashboard samples it every few seconds,
+    and new clients each time made a bootstrap, two connections and a score of log lines a
+    sample. A client that fails is closed, and the next read makes new ones."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._clients: tuple[KafkaAdminClient, KafkaConsumer] | None = None
+
+    def read(self) -> list[PartitionLag]:
+        if self._clients is None:
+            kafka = str(self.settings.kafka)
+            admin = KafkaAdminClient(bootstrap_servers=kafka, client_id="ofisync-lag")
+            try:
+                consumer = KafkaConsumer(
+                    bootstrap_servers=kafka, client_id="ofisync-lag", enable_auto_commit=False
+                )
+            except Exception:
+                admin.close()
+                raise
+            self._clients = (admin, consumer)
+        try:
+            return _consumer_lag(self.settings, *self._clients)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._clients is not None:
+            admin, consumer = self._clients
+            self._clients = None
+            consumer.close()
+            admin.close()
+
+
 def consumer_lag(settings: Settings) -> list[PartitionLag]:
-    admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka), client_id="ofisync-lag")
-    consumer = KafkaConsumer(
-        bootstrap_servers=str(settings.kafka), client_id="ofisync-lag", enable_auto_commit=False
-    )
+    """Consumer lag read once (its clients closed after)."""
+    reader = LagReader(settings)
     try:
-        groups = tenant_groups(admin, settings)
-        committed = admin.list_group_offsets(dict.fromkeys(groups)) if groups else {}
-        # Every partition of the topics a group reads, committed on or not (as Kafka's tool).
-        partitions = {
-            group: sorted(
-                TopicPartition(topic, p)
-                for topic in {tp.topic for tp in offsets}
-                for p in consumer.partitions_for_topic(topic) or ()
-            )
-            for group, offsets in committed.items()
-        }
-        every = sorted({tp for tps in partitions.values() for tp in tps})
-        ends: dict[TopicPartition, int] = consumer.end_offsets(every) if every else {}
+        return reader.read()
     finally:
-        consumer.close()
-        admin.close()
+        reader.close()
+
+
+def _consumer_lag(
+    settings: Settings, admin: KafkaAdminClient, consumer: KafkaConsumer
+) -> list[PartitionLag]:
+    groups = tenant_groups(admin, settings)
+    committed = admin.list_group_offsets(dict.fromkeys(groups)) if groups else {}
+    # Every partition of the topics a group reads, committed on or not (as Kafka's tool).
+    partitions = {
+        group: sorted(
+            TopicPartition(topic, p)
+            for topic in {tp.topic for tp in offsets}
+            for p in consumer.partitions_for_topic(topic) or ()
+        )
+        for group, offsets in committed.items()
+    }
+    every = sorted({tp for tps in partitions.values() for tp in tps})
+    ends: dict[TopicPartition, int] = consumer.end_offsets(every) if every else {}
     rows = []
     for group, tps in partitions.items():
         for tp in tps:

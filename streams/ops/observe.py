@@ -185,6 +185,7 @@ class Observer:
         self._totals_before: tuple[float, dict[str, dict[str, float]]] | None = None
         self._dead_letters = 0
         self._waiting_letters = dlq.WaitingCount(settings)
+        self._lag = lag.LagReader(settings)
 
     async def run(self) -> None:
         while True:
@@ -199,7 +200,7 @@ class Observer:
         now = time.time()
         health: dict[str, bool] = {}
         try:
-            partitions = lag.consumer_lag(s)
+            partitions = self._lag.read()
             health["kafka"] = True
         except Exception:
             partitions, health["kafka"] = [], False

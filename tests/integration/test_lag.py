@@ -1,4 +1,5 @@
-"""`ofisync lag`: per group/topic/partition figures that agree with Kafka's own tool."""
+"""`ofisync lag`: per group/topic/partition figures that agree with Kafka's own tool, and a lag
+reader kept across samples (the dashboard's) that sees what came after it connected."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import json
 import subprocess
 from typing import Any
 
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
+
 from streams.core.topics import Topics
+from streams.ops.lag import LagReader
 from streams.stack.kafka import jvm
 from streams.stack.orchestrate import Stack
-from tests.integration.helpers import eventually, ofisync, settled
+from tests.integration.helpers import eventually, ofisync, settled, tag
 
 
 def kafka_tool_lag(stack: Stack, group: str) -> dict[tuple[str, int], tuple[int, int, int]]:
@@ -67,3 +73,59 @@ def test_lag_agrees_with_kafka_s_consumer_group_tool(stack: Stack) -> None:
     assert all(s["active"] for s in slots.values())
     assert all(s["retained_wal_bytes"] >= 0 for s in slots.values())
     assert "total lag:" in ofisync("lag").stdout
+
+
+def test_a_kept_lag_reader_sees_new_groups_topics_and_offsets(stack: Stack) -> None:
+    """The dashboard keeps one reader: what appears after its first read must still show."""
+    settings = stack.settings
+    topic, group = f"{settings.tenant}.lag-{tag()}", f"{settings.tenant}-lag-{tag()}"
+    reader = LagReader(settings)
+    try:
+        reader.read()  # connected, with the cluster's metadata of now
+        admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka))
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+        finally:
+            admin.close()
+        producer = KafkaProducer(bootstrap_servers=str(settings.kafka), acks="all")
+        try:
+
+            def send(n: int) -> None:
+                for i in range(n):
+                    producer.send(topic, b"x", partition=i % 2)
+                producer.flush()
+
+            send(4)
+            consumer = KafkaConsumer(
+                bootstrap_servers=str(settings.kafka), group_id=group, enable_auto_commit=False
+            )
+            try:
+                consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)})
+            finally:
+                consumer.close()
+
+            def mine() -> dict[int, tuple[int | None, int]] | None:
+                rows = {p.partition: (p.committed, p.end) for p in reader.read()
+                        if p.group == group}  # fmt: skip
+                return rows or None
+
+            assert eventually(mine, 30, "the new group in the kept reader") == {
+                0: (1, 2),
+                1: (None, 2),
+            }
+            send(6)
+            assert eventually(
+                lambda: mine() if (mine() or {}).get(0, (0, 0))[1] == 5 else None,
+                30,
+                "the new end offsets in the kept reader",
+            ) == {0: (1, 5), 1: (None, 5)}
+        finally:
+            producer.close()
+    finally:
+        reader.close()
+        admin = KafkaAdminClient(bootstrap_servers=str(settings.kafka))
+        try:  # a group left behind would show in every later lag report of this stack
+            admin.delete_groups([group])
+            admin.delete_topics([topic])
+        finally:
+            admin.close()
