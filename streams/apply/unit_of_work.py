@@ -232,6 +232,11 @@ class WorkingSet:
 
     async def find(self, entity: Entity, cmd: Command) -> Row | None:
         """The target row of `cmd` (see `cached`), read when it was not."""
+        # Found by id or link among the rows read, it is what a read would find (a link is
+        # unique); a flagged one was found by its former link, which a read may still beat.
+        row = self.cached(entity, cmd)
+        if row is not None and row[DELETED] is None:
+            return row
         if cmd.target is cmd.source:
             await self._load(entity, [int(cmd.source_key)], [])
         else:

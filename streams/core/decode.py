@@ -118,7 +118,11 @@ def decode(
             raise ValueError(f"op {op.value!r} without 'after'")
         if not isinstance(record_key, dict) or not record_key:
             raise ValueError("the key is not a non-empty JSON object of primary key columns")
-        key_text = ",".join(str(record_key[k]) for k in sorted(record_key))
+        if len(record_key) == 1:  # every synced table's key is its id: no sort, no join
+            [only] = record_key.values()
+            key_text = str(only)
+        else:
+            key_text = ",".join(str(record_key[k]) for k in sorted(record_key))
         lsn = int(source["lsn"])
         commit_us = (
             int(source["ts_us"])

@@ -197,3 +197,10 @@ def test_the_byte_check_answers_no_to_anything_else() -> None:
     assert not looks_like_echo(spaced)
     event = decode(TOPIC, b'{"id": 1}', spaced, "ofisync")
     assert isinstance(event, ChangeEvent) and event.origin == "sync"
+
+
+def test_a_key_of_several_columns_is_its_values_in_column_order() -> None:
+    ev = decode(TOPIC, b'{"seq": 3, "file": 40}', envelope("c", None, {"id": 1}), "ofisync")
+    assert isinstance(ev, ChangeEvent) and ev.key == "40,3"
+    ev = decode(TOPIC, b'{"id": 12}', envelope("c", None, {"id": 12}), "ofisync")
+    assert isinstance(ev, ChangeEvent) and ev.key == "12"
