@@ -13,11 +13,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every port of the test stacks lies below Linux's range for a connection's own end
+# (32768-60999): there, any long-lived connection of the machine may hold one, and a server
+# cannot start on it until that connection closes.
 TEST_ENV = {
     "OFISYNC_HOME": str(REPO / ".ofisync" / "test"),
     "OFISYNC_LIB": str(REPO / ".ofisync" / "lib"),
-    "OFISYNC_ERP_DSN": "postgresql://postgres@127.0.0.1:56432/ofiviaje",
-    "OFISYNC_CRM_DSN": "postgresql://postgres@127.0.0.1:56433/oficrm",
+    "OFISYNC_ERP_DSN": "postgresql://postgres@127.0.0.1:25432/ofiviaje",
+    "OFISYNC_CRM_DSN": "postgresql://postgres@127.0.0.1:25433/oficrm",
     "OFISYNC_KAFKA": "127.0.0.1:19092",
     "OFISYNC_KAFKA_CONTROLLER": "127.0.0.1:19093",
     "OFISYNC_CONNECT": "http://127.0.0.1:18083",

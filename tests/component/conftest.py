@@ -21,8 +21,8 @@ from tests.conftest import REPO
 
 COMPONENT_ENV = {
     "OFISYNC_HOME": str(REPO / ".ofisync" / "component"),
-    "OFISYNC_ERP_DSN": "postgresql://postgres@127.0.0.1:56442/ofiviaje",
-    "OFISYNC_CRM_DSN": "postgresql://postgres@127.0.0.1:56443/oficrm",
+    "OFISYNC_ERP_DSN": "postgresql://postgres@127.0.0.1:25442/ofiviaje",
+    "OFISYNC_CRM_DSN": "postgresql://postgres@127.0.0.1:25443/oficrm",
 }
 
 

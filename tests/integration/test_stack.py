@@ -130,8 +130,8 @@ def test_a_taken_port_stops_up_naming_port_and_variable(tmp_path: object) -> Non
     env.update(
         {
             "OFISYNC_HOME": str(tmp_path),
-            "OFISYNC_ERP_DSN": "postgresql://postgres@127.0.0.1:57432/ofiviaje",
-            "OFISYNC_CRM_DSN": "postgresql://postgres@127.0.0.1:57433/oficrm",
+            "OFISYNC_ERP_DSN": "postgresql://postgres@127.0.0.1:27432/ofiviaje",
+            "OFISYNC_CRM_DSN": "postgresql://postgres@127.0.0.1:27433/oficrm",
             "OFISYNC_KAFKA": "127.0.0.1:29092",
             "OFISYNC_KAFKA_CONTROLLER": "127.0.0.1:29093",
             "OFISYNC_CONNECT": "http://127.0.0.1:28083",
@@ -153,5 +153,5 @@ def test_a_taken_port_stops_up_naming_port_and_variable(tmp_path: object) -> Non
     assert done.returncode == 2
     assert "127.0.0.1:29092" in done.stderr and "OFISYNC_KAFKA" in done.stderr
     settings = Settings.from_env(env)
-    assert not port_open("127.0.0.1", 57432), "nothing may be left half-started"
+    assert not port_open("127.0.0.1", 27432), "nothing may be left half-started"
     assert not (settings.home / "pg").exists()
