@@ -114,11 +114,15 @@ def test_a_kept_lag_reader_sees_new_groups_topics_and_offsets(stack: Stack) -> N
                 1: (None, 2),
             }
             send(6)
-            assert eventually(
-                lambda: mine() if (mine() or {}).get(0, (0, 0))[1] == 5 else None,
-                30,
-                "the new end offsets in the kept reader",
-            ) == {0: (1, 5), 1: (None, 5)}
+
+            def moved() -> dict[int, tuple[int | None, int]] | None:
+                rows = mine()
+                return rows if rows and rows.get(0, (None, 0))[1] == 5 else None
+
+            assert eventually(moved, 30, "the new end offsets in the kept reader") == {
+                0: (1, 5),
+                1: (None, 5),
+            }
         finally:
             producer.close()
     finally:
