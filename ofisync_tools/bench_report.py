@@ -119,6 +119,21 @@ def machine_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+def warmup_line(warmup: Mapping[str, Any]) -> str:
+    """The warm-up before the scenarios, which no figure above includes: its p99 per system
+    and direction, so a cold stack's first seconds stay visible."""
+    parts = []
+    for system in SYSTEMS:
+        for direction, found in (warmup.get(system) or {}).items():
+            p99 = (found["latency_ms"] or {}).get("p99")
+            lost = f", {found['lost']} lost" if found["lost"] else ""
+            parts.append(f"{system} {direction.replace('_to_', '→')} {_n(p99)}{lost}")
+    return (
+        f"Warm-up before the scenarios (in no figure above): {warmup['seconds']:.0f} s at"
+        f" {warmup['rate_per_direction']}/s each way; p99 ms: {', '.join(parts)}."
+    )
+
+
 def print_table(document: Mapping[str, Any], console: Console | None = None) -> None:
     """The run as a table on stdout, with the versions, the machine and the verdict."""
     from rich import box
@@ -145,6 +160,9 @@ def print_table(document: Mapping[str, Any], console: Console | None = None) -> 
         " verify: `ofisync verify` clean and every native copy equal to its source."
         " * the load generator, not the system, was the limit."
     )
+    warmup = document.get("warmup")
+    if warmup:
+        out.print(warmup_line(warmup))
     out.print(
         f"Kafka {v.get('kafka')}, Debezium {v.get('debezium')}, PostgreSQL"
         f" {v.get('postgresql_erp')}, Python {v.get('python')}, faust"

@@ -23,7 +23,7 @@ from ofisync_tools.bench_measure import (
     ratio,
     stats,
 )
-from ofisync_tools.bench_report import machine_rows, table_rows
+from ofisync_tools.bench_report import machine_rows, table_rows, warmup_line
 from ofisync_tools.machine_time import ENGINES
 from streams.core.model import Side
 
@@ -197,7 +197,18 @@ def _scenarios(native_clean: bool = True, lost: int = 0) -> list[dict[str, Any]]
     return [fixed, top, skipped]
 
 
-def _document(**kwargs: Any) -> dict[str, Any]:
+def _warmup(lost: int = 0) -> dict[str, Any]:
+    latency = {"count": 400, "p50": 31.0, "p95": 80.0, "p99": 181.4, "max": 210.0, "mean": 40.0}
+    return {
+        "rate_per_direction": 200,
+        "seconds": 10.0,
+        "ofisync": {"erp_to_crm": {"latency_ms": latency, "lost": lost},
+                    "crm_to_erp": {"latency_ms": latency, "lost": 0}},
+        "native": {"erp_to_crm": {"latency_ms": {**latency, "p99": 2.2}, "lost": 0}},
+    }  # fmt: skip
+
+
+def _document(warmup_lost: int = 0, **kwargs: Any) -> dict[str, Any]:
     return document(
         run="a1b2c3",
         plan=QUICK,
@@ -211,6 +222,7 @@ def _document(**kwargs: Any) -> dict[str, Any]:
         },
         baseline=_check(),
         scenarios=_scenarios(**kwargs),
+        warmup=_warmup(warmup_lost),
     )
 
 
@@ -229,6 +241,16 @@ def test_the_document_holds_every_part_and_is_one_json_document() -> None:
 def test_a_failed_check_or_a_lost_change_makes_the_run_unclean() -> None:
     assert _document(native_clean=False)["clean"] is False
     assert _document(lost=3)["clean"] is False
+    assert _document(warmup_lost=1)["clean"] is False
+
+
+def test_the_warm_up_is_reported_apart_with_its_p99_per_system_and_direction() -> None:
+    doc = _document(warmup_lost=2)
+    assert doc["warmup"]["seconds"] == 10.0
+    assert warmup_line(doc["warmup"]) == (
+        "Warm-up before the scenarios (in no figure above): 10 s at 200/s each way; p99 ms:"
+        " ofisync erp→crm 181, 2 lost, ofisync crm→erp 181, native erp→crm 2."
+    )
 
 
 def test_the_table_has_a_row_per_figure_with_both_systems_and_their_ratio() -> None:
