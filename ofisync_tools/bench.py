@@ -421,9 +421,8 @@ class Bench:
 
     async def warm_up(self) -> dict[str, Any]:
         """Paced load through both systems before anything is measured: a stack just started
-        runs its first seconds of load in Kafka's and Connect's JVMs before their JIT has
-        compiled the paths it takes (after a fresh `ofisync up`, changes of those seconds took up
-        to 210 ms at 50/s, none later). Its latency is kept in the document, not in the figures."""
+        is slow for its first seconds of load, while Kafka's and Connect's JVMs compile the paths
+        it takes (docs/performance.md). Its latency is kept in the document, in no figure."""
         rate, seconds = WARMUP_RATE, self.plan.warmup_s
         found: dict[str, Any] = {"rate_per_direction": rate, "seconds": seconds}
         for system in SYSTEMS:
