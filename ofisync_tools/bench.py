@@ -429,11 +429,7 @@ class Bench:
             title = f"warm-up, {rate}/s each way for {seconds:.0f} s (not measured): {system}"
             with self.ui.step(title) as show:
                 lanes = await self._paced(list(self.routes[system].values()), rate, show, seconds)
-            found[system] = {
-                lane.route.direction: {"latency_ms": stats(lane.latencies()),
-                                       "lost": lane.in_flight}
-                for lane in lanes
-            }  # fmt: skip
+            found[system] = {lane.route.direction: figures(lane, seconds) for lane in lanes}
         return found
 
     async def fixed(self, rate: int) -> dict[str, Any]:

@@ -174,9 +174,6 @@ def document(
 ) -> dict[str, Any]:
     """The JSON document of a run: every figure, how they were measured, on what. `clean`: no
     check failed and no change was lost (in the warm-up neither)."""
-    warmup_lost = warmup is not None and any(
-        lane["lost"] for system in SYSTEMS for lane in warmup.get(system, {}).values()
-    )
     return {
         "bench": "ofisync",
         "run": run,
@@ -184,7 +181,7 @@ def document(
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "clean": bool(baseline["clean"])
-        and not warmup_lost
+        and not (warmup is not None and _lost(warmup))
         and all(_clean(sc) for sc in scenarios)
         and (onboarding is None or bool(onboarding["clean"])),
         "plan": asdict(plan),
@@ -199,9 +196,12 @@ def document(
 
 
 def _clean(scenario: Mapping[str, Any]) -> bool:
-    checks = all(c["clean"] for c in scenario["checks"].values())
-    lost = any(figures.get("lost") for system in SYSTEMS for figures in scenario[system].values())
-    return checks and not lost
+    return all(c["clean"] for c in scenario["checks"].values()) and not _lost(scenario)
+
+
+def _lost(part: Mapping[str, Any]) -> bool:
+    """Whether a scenario or the warm-up lost a change (its figures per system and direction)."""
+    return any(figures.get("lost") for system in SYSTEMS for figures in part[system].values())
 
 
 # --- versions and machine -------------------------------------------------------------------
