@@ -231,12 +231,13 @@ class Records:
         updates: dict[str, Any] = {}
         stamps: dict[str, int | None] = {}
         kept: list[str] = []  # fields where a full push met a value that stays
+        clocks = row[CLOCKS]
+        source, full, replay = cmd.source, cmd.full, cmd.replay
+        make = tuple.__new__  # a named tuple's own constructor costs a µs of every change
         for v in values:
-            at = v.clock if cmd.full else cmd.commit_us
-            current = Current(canonical(v.kind, row[v.column]), row[CLOCKS].get(v.column))
-            incoming = Incoming(
-                cmd.source, v.before, v.after, at or 0, cmd.full, cmd.replay, v.base
-            )
+            at = v.clock if full else cmd.commit_us
+            current = make(Current, (canonical(v.kind, row[v.column]), clocks.get(v.column)))
+            incoming = make(Incoming, (source, v.before, v.after, at or 0, full, replay, v.base))
             decision = decide(incoming, current, policy)
             if decision.conflict:
                 result.conflicts += 1

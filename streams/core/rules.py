@@ -249,7 +249,9 @@ def to_command(ev: ChangeEvent, entity: Entity) -> Command | Skip | Invalid:
         values = full_values(entity, side, after, clocks_of(after, ev.commit_us))
     else:
         assert before is not None
-        values = _update_values(crossing, before, after, ev.commit_us)
+        # A linked record's row is there (or gone: then nothing is made again), so only its
+        # changed fields are needed; an unlinked one's may have to be made whole.
+        values = _update_values(crossing, before, after, ev.commit_us, link_key is None)
     if values is None:
         return Skip("no synced field changed")
     return Command(
@@ -271,9 +273,11 @@ def _update_values(
     before: Mapping[str, Canonical],
     after: Mapping[str, Canonical],
     commit_us: int,
+    every_field: bool,
 ) -> tuple[FieldValue, ...] | None:
-    """A field-level update's values: every field with its before-image, the changed ones with
-    this change's clock and the one they replaced; None when no field changed. (The worker's
+    """A field-level update's values: the changed fields with this change's clock and the one
+    they replaced, and with `every_field` the unchanged ones too (their before-image: what an
+    insert needs when the target has no row yet); None when no field changed. (The worker's
     hottest loop: a plain loop and the tuple's own constructor build them in half the time of a
     generator of `FieldValue(...)` calls, and a quarter faster than `_make`.)"""
     make = tuple.__new__
@@ -282,7 +286,8 @@ def _update_values(
     for read, written in crossing:
         old, new = before.get(read), after[read]
         if old == new:
-            values.append(make(FieldValue, (written, old, new, False, None, None)))
+            if every_field:
+                values.append(make(FieldValue, (written, old, new, False, None, None)))
             continue
         if bases is None:
             bases = bases_of(after, commit_us)

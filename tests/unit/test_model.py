@@ -22,6 +22,15 @@ def test_known_debezium_forms() -> None:
     assert canonical(Kind.TEXT, None) is None
 
 
+def test_each_kind_s_canonical_form_and_database_value() -> None:
+    assert canonical(Kind.TEXT, 12) == "12" and canonical(Kind.TEXT, "a") == "a"
+    assert canonical(Kind.INT, Decimal("7")) == 7 and canonical(Kind.INT, True) == 1
+    assert canonical(Kind.BOOL, 1) is True and canonical(Kind.BOOL, 0) is False
+    assert canonical(Kind.DECIMAL, 5) == "5"
+    assert to_db(Kind.TEXT, "a") == "a" and to_db(Kind.INT, 7) == 7 and to_db(Kind.BOOL, 0) == 0
+    assert to_db(Kind.DATE, None) is None and to_db(Kind.DECIMAL, "1.5") == Decimal("1.5")
+
+
 @given(st.dates())
 def test_dates_round_trip(d: dt.date) -> None:
     assert to_db(Kind.DATE, canonical(Kind.DATE, d)) == d

@@ -68,9 +68,25 @@ def test_an_update_s_changed_fields_carry_its_clock_and_the_one_they_replaced() 
     cmd = to_command(event(Side.ERP, Op.UPDATE, before, after), CLIENT)
     assert isinstance(cmd, Command)
     values = {v.field: v for v in cmd.values}
-    assert len(values) == len(CLIENT.fields)  # every field: an insert may need them all
     assert values["email"] == ("email", "a@x.es", "new@x.es", True, 150, 200)
     assert values["phone"] == ("phone", "1", "2", True, None, 200)  # no base on record
+
+
+def test_a_linked_record_s_update_carries_only_its_changed_fields() -> None:
+    # Its target row is there, or gone (then nothing is made again): the rest is not needed.
+    before = ERP_ROW | {"crm_id": 9}
+    cmd = to_command(event(Side.ERP, Op.UPDATE, before, before | {"email": "n@x.es"}), CLIENT)
+    assert isinstance(cmd, Command) and cmd.link_key == "9"
+    assert [(v.field, v.changed) for v in cmd.values] == [("email", True)]
+
+
+def test_an_unlinked_record_s_update_carries_every_field_for_an_insert() -> None:
+    # Its link has not come back yet: the target may have no row, and then makes it whole.
+    cmd = to_command(event(Side.ERP, Op.UPDATE, ERP_ROW, ERP_ROW | {"email": "n@x.es"}), CLIENT)
+    assert isinstance(cmd, Command) and cmd.link_key is None and not cmd.full
+    values = {v.field: v for v in cmd.values}
+    assert len(values) == len(CLIENT.fields)
+    assert values["email"].changed and values["email"].after == "n@x.es"
     assert values["name"] == ("name", "Ana", "Ana", False, None, None)
 
 
@@ -124,18 +140,21 @@ values = st.one_of(st.none(), st.text(), st.integers(), st.booleans())
     st.dictionaries(st.sampled_from([f.erp for f in CLIENT.fields]), values),
 )
 def test_mapping_there_and_back_returns_the_original(a: dict[str, Any], b: dict[str, Any]) -> None:
-    before = ERP_ROW | {"crm_id": 1} | a
-    after = ERP_ROW | {"crm_id": 1} | b
+    # Up from a record not linked yet (every field crosses), back from a linked one (only the
+    # changed ones do): the same fields come back with the same values.
+    before = ERP_ROW | a
+    after = ERP_ROW | b
+    changed = {f.erp: after[f.erp] for f in CLIENT.fields if before[f.erp] != after[f.erp]}
     up = to_command(event(Side.ERP, Op.UPDATE, before, after), CLIENT)
     if isinstance(up, Skip):
-        assert all(before[f.erp] == after[f.erp] for f in CLIENT.fields)
+        assert not changed
         return
     assert isinstance(up, Command)
     crm_after = {v.field: v.after for v in up.values} | {"id": 1, "erp_id": 5}
     crm_before = {v.field: v.before for v in up.values} | {"id": 1, "erp_id": 5}
     down = to_command(event(Side.CRM, Op.UPDATE, crm_before, crm_after), CLIENT)
     assert isinstance(down, Command)
-    assert {v.field: v.after for v in down.values} == {f.erp: after[f.erp] for f in CLIENT.fields}
+    assert {v.field: v.after for v in down.values} == changed
 
 
 FILE_CRM_ROW = {f.crm: None for f in FILE.fields} | {
