@@ -38,6 +38,8 @@ def source_side(topic: str, tenant: str) -> Side | None:
 
 _OPS = {op.value: op for op in Op}  # the enum's own lookup costs a microsecond a change
 
+_DELETE = Op.DELETE  # a member read off its class costs 0.1 µs (EnumType's attribute hook)
+
 # JSON gives these and objects and arrays; a column value is never an object or an array.
 _SCALARS = frozenset((str, int, bool, float, type(None)))
 
@@ -112,9 +114,9 @@ def decode(
             raise ValueError("'source' is not an object")
         before = _row(envelope.get("before"), "before")
         after = _row(envelope.get("after"), "after")
-        if op is Op.DELETE and before is None:
+        if op is _DELETE and before is None:
             raise ValueError("a delete without 'before' (is REPLICA IDENTITY FULL set?)")
-        if op is not Op.DELETE and after is None:
+        if op is not _DELETE and after is None:
             raise ValueError(f"op {op.value!r} without 'after'")
         if not isinstance(record_key, dict) or not record_key:
             raise ValueError("the key is not a non-empty JSON object of primary key columns")

@@ -35,7 +35,8 @@ def parents_first(commands: Sequence[Command]) -> list[Command]:
     """`commands` with the upserts of parent records first (see the module docstring)."""
     if all(c.entity not in _PARENT_TIER for c in commands):
         return list(commands)
-    not_only_upserts = {record_key(c) for c in commands if c.op is not CommandOp.UPSERT}
+    upsert = CommandOp.UPSERT  # once: read off its class, a member costs 0.1 µs
+    not_only_upserts = {record_key(c) for c in commands if c.op is not upsert}
 
     def tier(cmd: Command) -> int:
         if record_key(cmd) in not_only_upserts:
