@@ -8,7 +8,7 @@ date → days since 1970-01-01, timestamp → ms since 1970-01-01 (naive), boole
 
 What the worker makes for every captured change (`ChangeEvent`, `Command`, `FieldValue`) are
 named tuples, immutable and typed like frozen dataclasses: a frozen dataclass of ten fields takes
-3.5 µs to build, a named tuple 1.2, and a change makes a dozen of them.
+3.5 µs to build, a named tuple 1.2, and a change makes several of them.
 """
 
 from __future__ import annotations
