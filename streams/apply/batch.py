@@ -32,8 +32,7 @@ from streams.core.model import Command, CommandOp
 Connection = psycopg.AsyncConnection[Any]
 
 _DEAD = object()
-# Members as module names: read off its class, a member costs 0.1 µs (EnumType's attribute hook,
-# Python 3.11), and these are asked several times for every change a batch applies.
+# Members as module names (streams/core/model.py says why): asked several times a change.
 _UPSERT, _DELETE, _REAPPLY = CommandOp.UPSERT, CommandOp.DELETE, CommandOp.REAPPLY
 _OWN_ROWS = frozenset((CommandOp.RESTORE, CommandOp.ALIGN, CommandOp.ZERO_PLACEHOLDERS))
 

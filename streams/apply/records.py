@@ -233,7 +233,7 @@ class Records:
         kept: list[str] = []  # fields where a full push met a value that stays
         clocks = row[CLOCKS]
         source, full, replay = cmd.source, cmd.full, cmd.replay
-        make = tuple.__new__  # a named tuple's own constructor costs a µs of every change
+        make = tuple.__new__  # named tuples of a loop (streams/core/model.py)
         for v in values:
             at = v.clock if full else cmd.commit_us
             current = make(Current, (canonical(v.kind, row[v.column]), clocks.get(v.column)))

@@ -17,8 +17,7 @@ from streams.core.contract import ENTITIES
 from streams.core.mapping import Mapping
 from streams.core.model import Canonical, Command, Entity, Field, Kind, Side, Via
 
-# Read off the class, a member goes through EnumType's attribute hook (0.1 µs); these are asked
-# for every value of every change.
+# Members as module names (streams/core/model.py says why): asked for every value of a change.
 _SAME, _REF, _NUMBER = Via.SAME, Via.REF, Via.NUMBER
 
 
@@ -46,7 +45,7 @@ class Translator:
         self, entity: Entity, cmd: Command, only_changed: bool
     ) -> list[Translated] | Waiting:
         by_column = entity.by_column(self.target)
-        make = tuple.__new__  # a named tuple's own constructor costs a µs of every change
+        make = tuple.__new__  # named tuples of a loop (streams/core/model.py)
         out = []
         for v in cmd.changed() if only_changed else cmd.values:
             f = by_column.get(v.field)

@@ -38,7 +38,7 @@ def source_side(topic: str, tenant: str) -> Side | None:
 
 _OPS = {op.value: op for op in Op}  # the enum's own lookup costs a microsecond a change
 
-_DELETE = Op.DELETE  # a member read off its class costs 0.1 µs (EnumType's attribute hook)
+_DELETE = Op.DELETE  # members as module names (streams/core/model.py says why)
 
 # JSON gives these and objects and arrays; a column value is never an object or an array.
 _SCALARS = frozenset((str, int, bool, float, type(None)))

@@ -9,6 +9,11 @@ date → days since 1970-01-01, timestamp → ms since 1970-01-01 (naive), boole
 What the worker makes for every captured change (`ChangeEvent`, `Command`, `FieldValue`) are
 named tuples, immutable and typed like frozen dataclasses: a frozen dataclass of ten fields takes
 3.5 µs to build, a named tuple 1.2, and a change makes several of them.
+
+Two habits of the per-change paths (decode, rules, the sink), each worth a few µs a change in
+Python 3.11: an Enum member is read as a module name, not off its class (`Side.ERP` goes through
+EnumType's attribute hook, 0.17 µs against 0.02 for a global); and a named tuple built in a loop
+is made by `tuple.__new__(T, values)`, not by its generated constructor (about a µs less).
 """
 
 from __future__ import annotations
@@ -46,10 +51,7 @@ class Side(StrEnum):
         return f"{self.other.value}_to_{self.value}"
 
 
-# The sides as module names for the per-change paths: reading a member off an Enum class goes
-# through EnumType's attribute hook (0.17 µs in Python 3.11, against 0.02 for a global), and the
-# worker asks which side it is a few dozen times a change.
-_ERP, _CRM = Side.ERP, Side.CRM
+_ERP, _CRM = Side.ERP, Side.CRM  # members as module names (see the module docstring)
 
 
 class Kind(StrEnum):
@@ -61,8 +63,8 @@ class Kind(StrEnum):
     BOOL = "bool"
 
 
-# The members as module names: `Kind.DATE` read off the class goes through EnumType's attribute
-# hook (0.1 µs), and the sink converts a value or two of every change both ways.
+# Members as module names (see the module docstring): the sink converts a value or two of every
+# change both ways.
 _TEXT, _INT, _DECIMAL = Kind.TEXT, Kind.INT, Kind.DECIMAL
 _DATE, _TIMESTAMP, _BOOL = Kind.DATE, Kind.TIMESTAMP, Kind.BOOL
 

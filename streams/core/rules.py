@@ -29,8 +29,7 @@ from streams.core.model import (
     Via,
 )
 
-# Members as module names: read off its class, a member costs 0.1 µs (EnumType's attribute hook,
-# Python 3.11), and these are asked for every captured change.
+# Members as module names (streams/core/model.py says why): asked for every captured change.
 _ERP = Side.ERP
 _CREATE, _READ, _UPDATE, _DELETE = Op.CREATE, Op.READ, Op.UPDATE, Op.DELETE
 _UPSERT = CommandOp.UPSERT
