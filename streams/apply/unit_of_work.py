@@ -1,19 +1,21 @@
 """Unit of work (apply stage): the target rows one batch touches, read set-wise and written back
 set-wise, inside the sink's batch transaction (streams/apply/batch.py).
 
-The rows of a batch's commands are read, and locked, in one query per table, each with its
-clocks, position and flags (streams/apply/statements.py); the parents its commands name are looked
-up in one query per parent table, and the records a new one may be (streams/core/matching.py) in
-one more. The decisions (streams/apply/records.py) then run in Python over these rows, and their
-writes wait here until `flush`: one INSERT per table and column set, one UPDATE per table, one
-DELETE per table, one insert of conflicts. What the sync keeps about a row lives in the row
-itself, so an applied change writes its row and nothing else.
+The rows of a batch's commands are read, and locked, in one query per table, each with its clocks,
+position and flags (streams/apply/statements.py); the parents its commands name are looked up in one
+query per parent table, and the records a new one may be (streams/core/matching.py) in one more. All
+of these are sent before any answer is awaited, and the ids of new rows are reserved with the
+candidates' read: in the batch's pipeline, reading takes two round trips however many tables the
+batch touches (one when it inserts nothing). The decisions (streams/apply/records.py) then run in
+Python over these rows, and their writes wait here until `flush`: one INSERT per table and column
+set, one UPDATE per table, one DELETE per table, one insert of conflicts. What the sync keeps about
+a row lives in the row itself, so an applied change writes its row and nothing else.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -24,6 +26,14 @@ from streams.core.contract import ENTITIES, FILE
 from streams.core.model import Command, CommandOp, Entity, Side
 
 Row = dict[str, Any]
+# Keeps what a sent read found, once it is answered.
+Answer = Callable[[], Awaitable[None]]
+
+
+async def _answered(reads: Iterable[Answer | None]) -> None:
+    for keep in reads:
+        if keep is not None:
+            await keep()
 
 
 def _rows(entity: Entity, side: Side, found: Iterable[Sequence[Any]]) -> list[Row]:
@@ -40,6 +50,22 @@ def _rows(entity: Entity, side: Side, found: Iterable[Sequence[Any]]) -> list[Ro
     return rows
 
 
+async def ask_rows(
+    conn: psycopg.AsyncConnection[Any],
+    entity: Entity,
+    side: Side,
+    ids: Sequence[int] = (),
+    links: Sequence[int] = (),
+) -> psycopg.AsyncCursor[Any]:
+    """Sends the read of the rows of `entity` on `side` with these ids, or linked (or, flagged,
+    once linked) to these ids of the other side; locked, with their resolved clocks (CLOCKS).
+    In a pipeline it is answered with the next read whose answer is awaited."""
+    by_link = entity.link(side) is not None and bool(links)
+    linked = q.int_array(links)  # matched twice: by link, and by the link a flagged row had
+    params = [q.int_array(ids), linked, linked] if by_link else [q.int_array(ids)]
+    return await conn.execute(q.select_sql(entity, side, by_link), params)
+
+
 async def select_rows(
     conn: psycopg.AsyncConnection[Any],
     entity: Entity,
@@ -47,12 +73,8 @@ async def select_rows(
     ids: Sequence[int] = (),
     links: Sequence[int] = (),
 ) -> list[Row]:
-    """The rows of `entity` on `side` with these ids, or linked (or, flagged, once linked) to
-    these ids of the other side; locked, with their resolved clocks (CLOCKS)."""
-    by_link = entity.link(side) is not None and bool(links)
-    linked = q.int_array(links)  # matched twice: by link, and by the link a flagged row had
-    params = [q.int_array(ids), linked, linked] if by_link else [q.int_array(ids)]
-    cur = await conn.execute(q.select_sql(entity, side, by_link), params)
+    """The rows `ask_rows` asks for."""
+    cur = await ask_rows(conn, entity, side, ids, links)
     return _rows(entity, side, await cur.fetchall())
 
 
@@ -64,8 +86,10 @@ class WorkingSet:
         self.target = target
         # Ids reserved for rows this batch inserts (sequence values stay valid after a rollback).
         self._free_ids: dict[str, list[int]] = defaultdict(list)
-        # Own numbers of rows inserted by this batch, known once flushed (RETURNING).
-        self.numbers: dict[tuple[str, int], str] = {}
+        self._reserving: dict[str, list[psycopg.AsyncCursor[Any]]] = defaultdict(list)
+        # Own numbers of rows inserted by this batch (RETURNING), read once the batch is over.
+        self._numbers: dict[tuple[str, int], str] = {}
+        self._numbering: list[tuple[str, psycopg.AsyncCursor[Any]]] = []
         # Tables rows were written to with ids of their own (a replay restoring them).
         self._own_ids: set[str] = set()
         self._forget_reads()
@@ -119,36 +143,45 @@ class WorkingSet:
             if row[DELETED] is not None and row[UNLINKED_FROM] is not None:
                 self._by_former[table][row[UNLINKED_FROM]] = row["id"]
 
-    async def _load(self, entity: Entity, ids: Collection[int], links: Collection[int]) -> None:
-        """Reads the rows of these ids and links that no read of this batch has covered."""
+    async def _ask(
+        self, entity: Entity, ids: Collection[int], links: Collection[int]
+    ) -> Answer | None:
+        """Sends the read of the rows of these ids and links that no read of this batch has
+        covered; the step it returns keeps what the read found, once answered."""
         table = entity.table(self.target)
         loaded, known = self._loaded_ids[table], self._by_link[table]
         if all(i in loaded for i in ids) and all(v in known for v in links):
-            return  # asked for every command: its row was read with the batch's
+            return None  # asked for every command: its row was read with the batch's
         unread_ids = sorted(set(ids) - loaded)
         unread_links = sorted({value for value in links if value not in known})
-        found = await select_rows(self.conn, entity, self.target, unread_ids, unread_links)
-        self._keep(entity, found)
-        loaded.update(unread_ids)
-        for value in unread_links:
-            known.setdefault(value, None)
+        cur = await ask_rows(self.conn, entity, self.target, unread_ids, unread_links)
+
+        async def keep() -> None:
+            self._keep(entity, _rows(entity, self.target, await cur.fetchall()))
+            loaded.update(unread_ids)
+            for value in unread_links:
+                known.setdefault(value, None)
+
+        return keep
+
+    async def _load(self, entity: Entity, ids: Collection[int], links: Collection[int]) -> None:
+        await _answered([await self._ask(entity, ids, links)])
 
     async def load(self, commands: Sequence[Command]) -> None:
         """Reads the target rows of `commands` (row writes) and the parents they name,
-        set-wise, and reserves ids for the rows they may insert."""
+        set-wise, all sent before any answer is awaited, and reserves ids for the rows they may
+        insert."""
         by_entity: dict[str, list[Command]] = defaultdict(list)
         for cmd in commands:
             by_entity[cmd.entity].append(cmd)
+        reads: list[Answer | None] = []
         for name, group in by_entity.items():
             entity = ENTITIES[name]
             own = [c for c in group if c.target is c.source]  # a side's own rows, by id
             other = [c for c in group if c.target is not c.source]
-            await self._load(
-                entity,
-                [int(c.link_key) for c in other if c.link_key is not None]
-                + [int(c.source_key) for c in own],
-                [int(c.source_key) for c in other] if entity.link(self.target) else [],
-            )
+            ids = [int(c.link_key) for c in other if c.link_key is not None]
+            links = [int(c.source_key) for c in other] if entity.link(self.target) else []
+            reads.append(await self._ask(entity, ids + [int(c.source_key) for c in own], links))
             parent_field = entity.parent
             if parent_field is not None and parent_field.ref is not None and other:
                 column = parent_field.column(self.target)
@@ -160,7 +193,8 @@ class WorkingSet:
                     for value in (v.after, v.before)
                     if value is not None
                 }
-                await self._load_parents(ENTITIES[parent_field.ref], wanted)
+                reads.append(await self._ask_parents(ENTITIES[parent_field.ref], wanted))
+        await _answered(reads)
         self.unfound = [
             c
             for c in commands
@@ -196,18 +230,24 @@ class WorkingSet:
         rows = self.rows[table]
         return [rows[i] for i in self._candidates[table].get(key, []) if i in rows]
 
-    async def _load_parents(self, parent: Entity, source_ids: Iterable[int]) -> None:
+    async def _ask_parents(self, parent: Entity, source_ids: Iterable[int]) -> Answer | None:
+        """Sends the read of the target ids of these parents (by the source's ids) that no read
+        of this batch has covered; the step it returns keeps them, once answered."""
         table = parent.table(self.target)
         link = parent.link(self.target)
         assert link is not None
         known, parents = self._by_link[table], self._parents[table]
         wanted = sorted({v for v in source_ids if v not in known and v not in parents})
         if not wanted:
-            return
+            return None
         cur = await self.conn.execute(q.parents_sql(table, link), (wanted,))
-        found = dict(await cur.fetchall())
-        for value in wanted:
-            self._parents[table][value] = found.get(value)
+
+        async def keep() -> None:
+            found = dict(await cur.fetchall())
+            for value in wanted:
+                parents[value] = found.get(value)
+
+        return keep
 
     def cached(self, entity: Entity, cmd: Command) -> Row | None:
         """The target row of `cmd` among those read: the row itself for a side's own command;
@@ -250,7 +290,7 @@ class WorkingSet:
         table = parent.table(self.target)
         if source_id in self._by_link[table]:
             return self._by_link[table][source_id]
-        await self._load_parents(parent, [source_id])
+        await _answered([await self._ask_parents(parent, [source_id])])
         return self._parents[table][source_id]
 
     async def has_pnr_tickets(self, file_id: int) -> bool:
@@ -271,14 +311,26 @@ class WorkingSet:
         return known
 
     async def _reserve_ids(self, entity: Entity, count: int) -> None:
+        """Sends the reservation of `count` ids; they are read when an insert needs one, so in a
+        pipeline the reservation goes with the batch's next read (the candidates')."""
         if count <= 0:
             return
         table = entity.table(self.target)
-        cur = await self.conn.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            (table, count),
+        self._reserving[table].append(
+            await self.conn.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                (table, count),
+            )
         )
-        self._free_ids[table] += [int(r[0]) for r in await cur.fetchall()]
+
+    async def _free_id(self, entity: Entity) -> int:
+        table = entity.table(self.target)
+        free, reserving = self._free_ids[table], self._reserving[table]
+        while not free:
+            if not reserving:
+                await self._reserve_ids(entity, 1)
+            free += [int(r[0]) for r in await reserving.pop(0).fetchall()]
+        return free.pop(0)
 
     # --- writes (pending until flush) ------------------------------------------------------
 
@@ -296,9 +348,7 @@ class WorkingSet:
         later commands see it."""
         table = entity.table(self.target)
         if own_id is None:
-            if not self._free_ids[table]:
-                await self._reserve_ids(entity, 1)
-            own_id = self._free_ids[table].pop(0)
+            own_id = await self._free_id(entity)
         else:
             self._own_ids.add(table)
         row = {"id": own_id, **columns}
@@ -383,10 +433,15 @@ class WorkingSet:
         for (names, generated), rows in groups.items():
             cur = await self.conn.execute(q.insert_sql(table, names, generated), (json_rows(rows),))
             if generated is not None:
-                for target_id, number in await cur.fetchall():
-                    self.numbers[(table, target_id)] = number
-                    if target_id in self.rows[table]:
-                        self.rows[table][target_id][generated] = number
+                self._numbering.append((table, cur))
+
+    async def generated_numbers(self) -> dict[tuple[str, int], str]:
+        """(table, id) → the own number generated for a row this batch inserted. Read once the
+        batch is over: in a pipeline, the inserts' answers come with the COMMIT's."""
+        for table, cur in self._numbering:
+            self._numbers.update(((table, target_id), n) for target_id, n in await cur.fetchall())
+        self._numbering.clear()
+        return self._numbers
 
     async def _flush_updates(self, entity: Entity) -> None:
         table = entity.table(self.target)

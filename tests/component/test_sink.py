@@ -543,3 +543,53 @@ async def test_new_records_are_linked_back_in_one_round_trip_to_their_source(
     ]
     assert sorted(linked) == sorted(target_id for _, target_id, _ in result.links)
     await close(sinks)
+
+
+NEW_SEGMENT = (
+    "INSERT INTO segments (file_id, kind, origin, destination)"
+    " VALUES (%s, 'flight', 'MAD', %s) RETURNING id"
+)
+
+
+@run
+async def test_new_files_with_their_segments_take_three_round_trips_and_link_back_their_numbers(
+    databases: Settings,
+) -> None:
+    """Every read of a batch goes before any answer is awaited, whatever tables it touches: the
+    rows and parents, then the matching candidates with the new rows' ids, then the writes with
+    the COMMIT, whose answer brings the numbers OfiViaje gave the new files (eight round trips
+    when each read waited for its answer)."""
+    sinks = sinks_for(databases)
+    client, account = await linked_client(databases, sinks, f"new files {tag()}")
+    crm_file = write(
+        databases, Side.CRM, "file",
+        "INSERT INTO files (file_number, account_id, title) VALUES (%s, %s, 'trips') RETURNING id",
+        (f"CRM-{tag()}", account),
+    )  # fmt: skip
+    legs = [
+        write(databases, Side.CRM, "segment", NEW_SEGMENT, (int(crm_file.key), destination))
+        for destination in ("BCN", "LIS")
+    ]
+    note = f"trips {tag()}"
+    changes = [command(e) for e in (crm_file, *legs)] + [
+        crm_update(databases, account, "notes", note)
+    ]
+    sink = sinks[Side.ERP]
+    await sink.connections.text_limits()  # read once, on the sink's first batch
+    async with traced(await sink.connections.target()) as trips:
+        result = await sink.apply(changes)
+    assert trips() == 3
+    assert len(result.applied) == 4 and not result.dead
+    erp_file, number = query(
+        databases, Side.CRM, "SELECT erp_id, erp_number FROM files WHERE id = %s",
+        (int(crm_file.key),),
+    )[0]  # fmt: skip
+    assert number == one(databases, Side.ERP, "SELECT numero FROM expedientes WHERE id = %s",
+                         (erp_file,))  # fmt: skip
+    assert "/C" in number  # OfiViaje's own numbering of files from the CRM
+    assert query(
+        databases, Side.ERP,
+        "SELECT destino FROM billetes WHERE expediente_id = %s ORDER BY destino", (erp_file,),
+    ) == [("BCN",), ("LIS",)]  # fmt: skip
+    assert erp_field(databases, client, "observaciones") == note
+    await close(sinks)
