@@ -87,8 +87,7 @@ class WorkingSet:
         # Ids reserved for rows this batch inserts (sequence values stay valid after a rollback).
         self._free_ids: dict[str, list[int]] = defaultdict(list)
         self._reserving: dict[str, list[psycopg.AsyncCursor[Any]]] = defaultdict(list)
-        # Own numbers of rows inserted by this batch (RETURNING), read once the batch is over.
-        self._numbers: dict[tuple[str, int], str] = {}
+        # The inserts whose RETURNING gives own numbers, read once the batch is over.
         self._numbering: list[tuple[str, psycopg.AsyncCursor[Any]]] = []
         # Tables rows were written to with ids of their own (a replay restoring them).
         self._own_ids: set[str] = set()
@@ -438,10 +437,11 @@ class WorkingSet:
     async def generated_numbers(self) -> dict[tuple[str, int], str]:
         """(table, id) → the own number generated for a row this batch inserted. Read once the
         batch is over: in a pipeline, the inserts' answers come with the COMMIT's."""
-        for table, cur in self._numbering:
-            self._numbers.update(((table, target_id), n) for target_id, n in await cur.fetchall())
-        self._numbering.clear()
-        return self._numbers
+        return {
+            (table, target_id): number
+            for table, cur in self._numbering
+            for target_id, number in await cur.fetchall()
+        }
 
     async def _flush_updates(self, entity: Entity) -> None:
         table = entity.table(self.target)

@@ -29,14 +29,14 @@ _PARENT_TIER = {
     )
 }
 _THE_REST = len(_PARENT_TIER)
+_UPSERT = CommandOp.UPSERT  # members as module names (streams/core/model.py says why)
 
 
 def parents_first(commands: Sequence[Command]) -> list[Command]:
     """`commands` with the upserts of parent records first (see the module docstring)."""
     if all(c.entity not in _PARENT_TIER for c in commands):
         return list(commands)
-    upsert = CommandOp.UPSERT  # read once, not per command (streams/core/model.py says why)
-    not_only_upserts = {record_key(c) for c in commands if c.op is not upsert}
+    not_only_upserts = {record_key(c) for c in commands if c.op is not _UPSERT}
 
     def tier(cmd: Command) -> int:
         if record_key(cmd) in not_only_upserts:
